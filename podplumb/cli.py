@@ -1,0 +1,55 @@
+"""The `podplumb` command: one sub-command per job, each importing only what it needs."""
+
+import argparse
+import sys
+
+
+def _install(args):
+    from podplumb.install import install
+    for path in install(args.cni_bin_dir, daemon_socket=args.daemon_socket):
+        print(path)
+    return 0
+
+
+def _csi(args):
+    from csi.server import main
+    return main(args.rest)
+
+
+def _demo(args):
+    from podplumb.demo import main
+    return main()
+
+
+def _daemon(args):
+    from podplumb.daemon import main
+    return main(args.rest)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="podplumb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("install", help="write the CNI plugin executables into a CNI bin dir")
+    p.add_argument("--cni-bin-dir", default="/opt/cni/bin")
+    p.add_argument("--daemon-socket", default="/run/podplumb/cni.sock",
+                   help="where the plugins look for a running node daemon")
+    p.set_defaults(func=_install)
+
+    p = sub.add_parser("csi", help="run the CSI driver (see `podplumb csi --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_csi)
+
+    p = sub.add_parser("daemon", help="run the warm CNI node daemon", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_daemon)
+
+    p = sub.add_parser("demo", help="wire two pods and a volume on this machine and show it")
+    p.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
