@@ -1,0 +1,90 @@
+"""Calling a delegate plugin (IPAM): in-process when it is one of ours, else exec it from CNI_PATH."""
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import subprocess
+
+from cni import result as results
+from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, DECODE_FAILURE, TRY_AGAIN_LATER
+from cni.skel import Request
+
+LOG = logging.getLogger("podplumb")
+
+# Our installed executables carry this line; it names the module that serves them.
+MARKER = b"# podplumb-plugin: "
+EXEC_TIMEOUT = 60
+
+
+def find(name: str, path) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise CNIError(INVALID_CONFIG, f"invalid plugin type {name!r}")
+    for directory in path:
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CNIError(INVALID_CONFIG, f"plugin {name!r} not found on CNI_PATH", f"searched {':'.join(path)}")
+
+
+def our_module(executable: str) -> str | None:
+    """The module behind one of our launchers, or None for anybody else's executable."""
+    try:
+        with open(executable, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return None
+    for line in head.splitlines():
+        if line.startswith(MARKER):
+            return line[len(MARKER):].decode().strip()
+    return None
+
+
+def delegate(request: Request, command: str | None = None):
+    """Run the config's IPAM plugin for `command` (default: the request's). ADD returns a result."""
+    ipam = request.config.get("ipam")
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str):
+        raise CNIError(INVALID_CONFIG, "missing ipam.type", "this plugin needs an IPAM plugin")
+    command = command or request.command
+    executable = find(ipam["type"], request.path)
+    module = our_module(executable)
+    if module:
+        return _in_process(module, dataclasses.replace(request, command=command))
+    return _exec(executable, request, command)
+
+
+def _in_process(module: str, request: Request):
+    name, _, attr = module.partition(":")
+    plugin = getattr(importlib.import_module(name), attr or "PLUGIN")
+    handler = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
+               "STATUS": plugin.status, "GC": plugin.gc}[request.command]
+    return handler(request)
+
+
+def _exec(executable: str, request: Request, command: str):
+    env = dict(request.env, CNI_COMMAND=command)
+    LOG.info("exec %s %s", executable, command)
+    try:
+        proc = subprocess.run([executable], input=request.stdin, env=env, capture_output=True,
+                              timeout=EXEC_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise CNIError(TRY_AGAIN_LATER, f"{executable} {command} timed out after {EXEC_TIMEOUT}s") from None
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"cannot run {executable}", e.strerror) from None
+    if proc.stderr:
+        LOG.info("%s: %s", executable, proc.stderr.decode(errors="replace").strip())
+    output = proc.stdout.strip()
+    if proc.returncode != 0:
+        try:
+            raise CNIError.from_dict(json.loads(output))
+        except (ValueError, AttributeError):
+            raise CNIError(IO_FAILURE, f"{executable} {command} failed (exit {proc.returncode})",
+                           proc.stderr.decode(errors="replace")[-2000:]) from None
+    if command != "ADD":
+        return None
+    try:
+        data = json.loads(output)
+    except ValueError as e:
+        raise CNIError(DECODE_FAILURE, f"{executable} printed an invalid result", str(e)) from None
+    return results.from_any(data, request.version)

@@ -1,0 +1,29 @@
+"""Logs go to stderr, and to a file when PODPLUMB_LOG_FILE names one; never to stdout."""
+
+import logging
+import sys
+
+_configured = False
+
+
+def configure(env):
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    root = logging.getLogger("podplumb")
+    root.setLevel(env.get("PODPLUMB_LOG_LEVEL", "WARNING").upper())
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if env.get("PODPLUMB_LOG_FILE"):
+        try:
+            file_handler = logging.FileHandler(env["PODPLUMB_LOG_FILE"])
+        except OSError as e:
+            root.warning("cannot open log file %s: %s", env["PODPLUMB_LOG_FILE"], e)
+        else:
+            file_handler.setFormatter(fmt)
+            file_handler.setLevel("INFO")
+            root.addHandler(file_handler)
+            root.setLevel(min(root.level, logging.INFO))

@@ -1,0 +1,206 @@
+"""The dispatcher every plugin shares: (environment, stdin) -> (stdout bytes, exit code).
+
+It never prints: the launcher and the node daemon decide where the bytes go.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import traceback
+from typing import Callable, Mapping
+
+from cni import log, version as versions
+from cni.errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
+                        INVALID_ENVIRONMENT, UNKNOWN_CONTAINER, INVALID_CONFIG)
+from cni.result import to_version
+
+LOG = logging.getLogger("podplumb")
+
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NETWORK_NAME = _CONTAINER_ID
+
+
+def _valid_ifname(name: str) -> str | None:
+    if len(name) > 15:
+        return "longer than 15 characters"
+    if name in (".", ".."):
+        return "'.' and '..' are not interface names"
+    if any(c in name for c in "/:") or any(c.isspace() for c in name):
+        return "contains '/', ':' or white space"
+    return None
+
+
+# Each CNI_* variable: the commands that require it.
+_REQUIRED = {
+    "CNI_CONTAINERID": ("ADD", "DEL", "CHECK"),
+    "CNI_NETNS": ("ADD", "CHECK"),
+    "CNI_IFNAME": ("ADD", "DEL", "CHECK"),
+    "CNI_PATH": ("ADD", "DEL", "CHECK", "GC"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: dict            # CNI_ARGS, parsed
+    path: tuple           # CNI_PATH, split
+    config: dict          # the network config, parsed
+    stdin: bytes          # the network config, as received
+    version: str          # the cniVersion the answer is printed in
+    env: Mapping
+
+    @property
+    def network(self) -> str:
+        return self.config.get("name", "")
+
+    def runtime_config(self) -> dict:
+        rc = self.config.get("runtimeConfig")
+        return rc if isinstance(rc, dict) else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plugin:
+    name: str
+    add: Callable[[Request], dict]
+    delete: Callable[[Request], None]
+    check: Callable[[Request], None]
+    status: Callable[[Request], None]
+    gc: Callable[[Request], None]
+    versions: tuple = versions.SUPPORTED
+
+
+def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
+    """Serve one CNI call. Never raises; errors become the spec's error object."""
+    log.configure(env)
+    reply_version = versions.CURRENT
+    command = env.get("CNI_COMMAND", "")
+    try:
+        if command == "VERSION":
+            return _version_reply(plugin, stdin), 0
+        request = parse_request(env, stdin)
+        reply_version = request.version
+        LOG.info("%s %s container=%s netns=%s ifname=%s", plugin.name, command,
+                 request.container_id, request.netns, request.ifname)
+        return _serve(plugin, request), 0
+    except CNIError as e:
+        LOG.error("%s %s failed: code %d: %s", plugin.name, command or "?", e.code, e)
+        return _dump(e.to_dict(reply_version)), 1
+    except Exception as e:  # a bug: report it as the spec's error object, trace on stderr only
+        LOG.error("%s %s crashed:\n%s", plugin.name, command or "?", traceback.format_exc())
+        err = CNIError(INTERNAL, f"internal error in {plugin.name}", f"{type(e).__name__}: {e}")
+        return _dump(err.to_dict(reply_version)), 1
+
+
+def _serve(plugin: Plugin, request: Request) -> bytes:
+    command = request.command
+    if command == "ADD":
+        result = plugin.add(request)
+        return _dump(to_version(result, request.version))
+    if command == "DEL":
+        plugin.delete(request)
+    elif command == "CHECK":
+        _require_version(request, "0.4.0", "CHECK")
+        plugin.check(request)
+    elif command == "STATUS":
+        _require_version(request, "1.1.0", "STATUS")
+        plugin.status(request)
+    elif command == "GC":
+        _require_version(request, "1.1.0", "GC")
+        plugin.gc(request)
+    return b""
+
+
+def _require_version(request: Request, minimum: str, command: str):
+    if not versions.at_least(request.version, minimum):
+        raise CNIError(INCOMPATIBLE_VERSION, f"config version {request.version} does not allow {command}",
+                       f"{command} needs cniVersion {minimum} or later")
+
+
+def _version_reply(plugin: Plugin, stdin: bytes) -> bytes:
+    asked = versions.CURRENT
+    if stdin.strip():
+        try:
+            asked = json.loads(stdin).get("cniVersion", asked)
+        except (ValueError, AttributeError):
+            pass
+    if asked not in versions.SUPPORTED:
+        asked = versions.CURRENT
+    return _dump({"cniVersion": asked, "supportedVersions": list(plugin.versions)})
+
+
+def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CNIError(INVALID_ENVIRONMENT, "CNI_COMMAND is missing or unknown" if not command
+                       else f"unknown CNI_COMMAND {command!r}", f"expected one of {', '.join(COMMANDS)}")
+    missing = [name for name, needed_by in _REQUIRED.items() if command in needed_by and not env.get(name)]
+    if missing:
+        raise CNIError(INVALID_ENVIRONMENT, f"required environment variables missing: {', '.join(missing)}",
+                       f"{command} needs {', '.join(n for n, c in _REQUIRED.items() if command in c)}")
+    container_id = env.get("CNI_CONTAINERID", "")
+    if container_id and not _CONTAINER_ID.match(container_id):
+        raise CNIError(INVALID_ENVIRONMENT, f"invalid CNI_CONTAINERID {container_id!r}",
+                       "must start with a letter or digit, then letters, digits, '_', '.' or '-'")
+    ifname = env.get("CNI_IFNAME", "")
+    problem = _valid_ifname(ifname) if ifname else None
+    if problem:
+        raise CNIError(INVALID_ENVIRONMENT, f"invalid CNI_IFNAME {ifname!r}", problem)
+    config = _parse_config(stdin)
+    version = versions.choose(config)
+    netns = env.get("CNI_NETNS", "")
+    if netns:
+        _check_netns(netns, command)
+    return Request(command=command, container_id=container_id, netns=netns, ifname=ifname,
+                   args=parse_cni_args(env.get("CNI_ARGS", "")),
+                   path=tuple(p for p in env.get("CNI_PATH", "").split(":") if p),
+                   config=config, stdin=stdin, version=version, env=dict(env))
+
+
+def _parse_config(stdin: bytes) -> dict:
+    try:
+        config = json.loads(stdin)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CNIError(DECODE_FAILURE, "network config is not valid JSON", str(e)) from None
+    if not isinstance(config, dict):
+        raise CNIError(DECODE_FAILURE, "network config must be a JSON object", f"got {type(config).__name__}")
+    name = config.get("name")
+    if name is not None and (not isinstance(name, str) or not _NETWORK_NAME.match(name)):
+        raise CNIError(INVALID_CONFIG, f"invalid network name {name!r}",
+                       "must start with a letter or digit, then letters, digits, '_', '.' or '-'")
+    return config
+
+
+def _check_netns(netns: str, command: str):
+    """Refuse, before anything is touched, a namespace that is missing (ADD/CHECK) or our own."""
+    try:
+        target = os.stat(netns)
+    except OSError as e:
+        if command == "DEL":
+            return
+        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {netns} does not exist", e.strerror) from None
+    own = os.stat("/proc/self/ns/net")
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} is the plugin's own network namespace",
+                       "refusing to configure the host namespace as a container")
+
+
+def parse_cni_args(raw: str) -> dict:
+    """CNI_ARGS: 'K1=V1;K2=V2'."""
+    args = {}
+    for pair in filter(None, raw.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CNIError(INVALID_ENVIRONMENT, f"invalid CNI_ARGS pair {pair!r}", "expected KEY=VALUE")
+        args[key] = value
+    return args
+
+
+def _dump(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()

@@ -1,0 +1,116 @@
+"""The bridge plugin's config: reference defaults, then validation with messages that name the key."""
+
+import dataclasses
+import re
+
+from cni.errors import config_error
+from cni.skel import Request
+
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class BridgeConfig:
+    network: str
+    bridge: str = "cni0"
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    mtu: int = 0
+    hairpin: bool = False
+    promisc: bool = False
+    vlan: int = 0
+    vlan_trunk: tuple = ()          # VLAN IDs tagged on the port
+    preserve_default_vlan: bool = True
+    enable_dad: bool = False
+    macspoofchk: bool = False
+    disable_container_interface: bool = False
+    port_isolation: bool = False
+    mac: str | None = None
+    dns: dict | None = None
+
+
+_BOOLS = {
+    "isGateway": "is_gateway", "isDefaultGateway": "is_default_gateway", "forceAddress": "force_address",
+    "ipMasq": "ip_masq", "hairpinMode": "hairpin", "promiscMode": "promisc",
+    "preserveDefaultVlan": "preserve_default_vlan", "enabledad": "enable_dad", "macspoofchk": "macspoofchk",
+    "disableContainerInterface": "disable_container_interface", "portIsolation": "port_isolation",
+}
+
+
+def load(request: Request) -> BridgeConfig:
+    raw = request.config
+    values = {"network": raw.get("name") or ""}
+    if not values["network"]:
+        raise config_error("missing network name", "the config needs 'name'")
+    for key, field in _BOOLS.items():
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise config_error(f"'{key}' must be true or false", f"got {raw[key]!r}")
+            values[field] = raw[key]
+    if values.get("is_default_gateway"):
+        values["is_gateway"] = True
+    if "bridge" in raw:
+        if not isinstance(raw["bridge"], str) or not _IFNAME.match(raw["bridge"]):
+            raise config_error(f"invalid bridge name {raw['bridge']!r}",
+                               "1 to 15 characters, no '/', ':' or white space")
+        values["bridge"] = raw["bridge"]
+    values["mtu"] = _int(raw, "mtu", 0, 68, 65535, zero_ok=True)
+    values["vlan"] = _int(raw, "vlan", 0, 0, 4094)
+    values["vlan_trunk"] = _trunk(raw.get("vlanTrunk"))
+    if values["vlan"] and values["vlan"] in values["vlan_trunk"]:
+        raise config_error(f"vlan {values['vlan']} is also in vlanTrunk", "a port's access VLAN cannot be a trunk VLAN")
+    values["mac"] = _mac(request)
+    if isinstance(raw.get("dns"), dict):
+        values["dns"] = raw["dns"]
+    if not isinstance(raw.get("ipam"), dict) or not raw["ipam"].get("type"):
+        raise config_error("missing ipam", "the bridge plugin needs an 'ipam' section with a 'type'")
+    return BridgeConfig(**values)
+
+
+def _int(raw, key, default, low, high, zero_ok=False) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise config_error(f"'{key}' must be an integer", f"got {value!r}")
+    if not (low <= value <= high or (zero_ok and value == 0)):
+        raise config_error(f"'{key}' {value} is out of range", f"expected {low} to {high}")
+    return value
+
+
+def _trunk(trunk) -> tuple:
+    if trunk is None:
+        return ()
+    if not isinstance(trunk, list):
+        raise config_error("'vlanTrunk' must be a list", f"got {trunk!r}")
+    vids = set()
+    for entry in trunk:
+        if not isinstance(entry, dict):
+            raise config_error("each vlanTrunk entry must be an object", f"got {entry!r}")
+        if "id" in entry:
+            vids.add(_int(entry, "id", 0, 1, 4094))
+        elif "minID" in entry or "maxID" in entry:
+            low, high = _int(entry, "minID", 0, 1, 4094), _int(entry, "maxID", 0, 1, 4094)
+            if low > high:
+                raise config_error(f"vlanTrunk minID {low} is greater than maxID {high}")
+            vids.update(range(low, high + 1))
+        else:
+            raise config_error("a vlanTrunk entry needs 'id' or 'minID' and 'maxID'", f"got {entry!r}")
+    return tuple(sorted(vids))
+
+
+def _mac(request: Request) -> str | None:
+    """runtimeConfig.mac, else args.cni.mac, else CNI_ARGS MAC=."""
+    args = request.config.get("args")
+    candidates = [request.runtime_config().get("mac"),
+                  ((args or {}).get("cni") or {}).get("mac") if isinstance(args, dict) else None,
+                  request.args.get("MAC")]
+    mac = next((m for m in candidates if m), None)
+    if mac is None:
+        return None
+    if not isinstance(mac, str) or not _MAC.match(mac):
+        raise config_error(f"invalid MAC address {mac!r}", "expected six hex pairs like 0a:58:0a:01:00:05")
+    if int(mac[:2], 16) & 1:
+        raise config_error(f"MAC address {mac} is a multicast address")
+    return mac.lower()

@@ -1,0 +1,176 @@
+"""bridge: a veth pair from the pod's namespace to a Linux bridge on the host."""
+
+import ipaddress
+
+from cni import invoke, netlink, nftables, result as results, skel
+from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT
+from cni.rollback import Rollback
+
+from plugins.bridge import config, macspoof, setup
+
+
+def add(request: skel.Request) -> dict:
+    conf = config.load(request)
+    with netlink.opened(request.netns) as container, netlink.opened() as host, Rollback() as undo:
+        if container.link(request.ifname) is not None:
+            raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
+                           "DEL the earlier attachment first")
+        ipam = invoke.delegate(request, "ADD")
+        undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
+        ips = _ip_configs(ipam, conf)
+        routes = _routes(ipam, conf, ips)
+
+        bridge, created = setup.ensure_bridge(host, conf)
+        if created:
+            undo.push("bridge", lambda: _delete_bridge_if_unused(host, conf.bridge))
+        host_name = setup.create_veth(host, conf, request.netns, request.ifname)
+        undo.push("veth", lambda: host.delete_link(host_name))
+        port_index = setup.attach_port(host, conf, bridge.index, host_name)
+        if conf.is_gateway:
+            setup.ensure_gateways(host, conf, bridge.index, ips)
+        pod = setup.configure_container(container, conf, request.ifname, ips, routes)
+        if conf.ip_masq:
+            undo.push("masquerade", lambda: nftables.remove_masquerade(conf.network, request.container_id,
+                                                                       request.ifname))
+            nftables.ensure_masquerade(conf.network, request.container_id, request.ifname,
+                                       [ip["address"] for ip in ips])
+        if conf.macspoofchk:
+            undo.push("macspoofchk", lambda: macspoof.remove(request))
+            macspoof.ensure(request, host_name, pod.mac)
+        port = host.link(index=port_index)
+        bridge = host.link(index=bridge.index)
+    interfaces = [{"name": bridge.name, "mac": bridge.mac},
+                  {"name": port.name, "mac": port.mac},
+                  {"name": request.ifname, "mac": pod.mac, "sandbox": request.netns}]
+    return results.new(interfaces, [dict(ip, interface=2) for ip in ips], routes, conf.dns or ipam.get("dns"))
+
+
+def _ip_configs(ipam: dict, conf) -> list:
+    if not ipam.get("ips"):
+        raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
+    ips = []
+    for ip in ipam["ips"]:
+        ip = {k: v for k, v in ip.items() if k != "interface"}
+        if conf.is_gateway and not ip.get("gateway"):
+            # No gateway from IPAM: use the subnet's first address, as the reference does.
+            ip["gateway"] = str(ipaddress.ip_interface(ip["address"]).network.network_address + 1)
+        ips.append(ip)
+    return ips
+
+
+def _routes(ipam: dict, conf, ips: list) -> list:
+    routes = [dict(r) for r in ipam.get("routes") or []]
+    if not conf.is_default_gateway:
+        return routes
+    for ip in ips:
+        family = ipaddress.ip_interface(ip["address"]).version
+        default = "0.0.0.0/0" if family == 4 else "::/0"
+        existing = [r for r in routes if ipaddress.ip_network(r["dst"], strict=False) == ipaddress.ip_network(default)]
+        if any(r.get("gw") and r["gw"] != ip["gateway"] for r in existing):
+            raise CNIError(INVALID_CONFIG, "isDefaultGateway conflicts with an IPAM default route",
+                           f"IPAM routes {default} via {existing[0]['gw']}, the bridge gateway is {ip['gateway']}")
+        if not existing:
+            routes.append({"dst": default, "gw": ip["gateway"]})
+    return routes
+
+
+def _delete_bridge_if_unused(host: netlink.Namespace, name: str):
+    bridge = host.link(name)
+    if bridge and not any(link.master == bridge.index for link in host.links()):
+        host.delete_link(name)
+
+
+def delete(request: skel.Request):
+    conf = config.load(request)
+    invoke.delegate(request, "DEL")
+    prev = _prev_result(request)
+    if request.netns:
+        try:
+            with netlink.opened(request.netns) as container:
+                container.delete_link(request.ifname)
+        except CNIError:
+            pass  # the namespace is gone, and the pair with it
+    host_name = _host_interface(prev, request.ifname)
+    if host_name:
+        with netlink.opened() as host:
+            veth = host.link(host_name)
+            if veth and veth.kind == "veth":
+                host.delete_link(host_name)
+    if conf.ip_masq:
+        nftables.remove_masquerade(conf.network, request.container_id, request.ifname)
+    if conf.macspoofchk:
+        macspoof.remove(request)
+
+
+def _prev_result(request: skel.Request) -> dict | None:
+    prev = request.config.get("prevResult")
+    return results.from_any(prev, request.version) if prev else None
+
+
+def _host_interface(prev: dict | None, ifname: str) -> str | None:
+    """The host-side veth named by a prevResult: the interface without sandbox that is not the bridge."""
+    if not prev:
+        return None
+    host_side = [i["name"] for i in prev["interfaces"] if not i.get("sandbox") and i.get("name")]
+    return host_side[1] if len(host_side) > 1 else None
+
+
+def check(request: skel.Request):
+    conf = config.load(request)
+    prev = _prev_result(request)
+    if prev is None:
+        raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
+    invoke.delegate(request, "CHECK")
+    pod_entry = next((i for i in prev["interfaces"] if i.get("name") == request.ifname and i.get("sandbox")), None)
+    if pod_entry is None:
+        raise _check_failed(f"prevResult has no interface {request.ifname} in a sandbox")
+    with netlink.opened(request.netns) as container, netlink.opened() as host:
+        pod = container.link(request.ifname)
+        if pod is None:
+            raise _check_failed(f"interface {request.ifname} is missing from {request.netns}")
+        if pod.kind != "veth":
+            raise _check_failed(f"{request.ifname} is a {pod.kind or 'non-veth'} link, not a veth")
+        if pod_entry.get("mac") and pod.mac != pod_entry["mac"].lower():
+            raise _check_failed(f"{request.ifname} has MAC {pod.mac}, prevResult says {pod_entry['mac']}")
+        bridge = host.link(conf.bridge)
+        if bridge is None or bridge.kind != "bridge":
+            raise _check_failed(f"bridge {conf.bridge} is missing")
+        port = host.link(index=pod.peer)
+        if port is None or port.master != bridge.index:
+            raise _check_failed(f"the host side of {request.ifname} is not attached to {conf.bridge}")
+        if conf.disable_container_interface:
+            return
+        present = container.addresses(pod.index)
+        pod_index = prev["interfaces"].index(pod_entry)
+        for ip in prev["ips"]:
+            if ip.get("interface", pod_index) == pod_index and ipaddress.ip_interface(ip["address"]) not in present:
+                raise _check_failed(f"address {ip['address']} is missing from {request.ifname}")
+        routes = {(ipaddress.ip_network(dst, strict=False), gw) for dst, gw, _ in container.routes(pod.index)}
+        nets = {dst for dst, _ in routes}
+        for route in prev["routes"]:
+            if ipaddress.ip_network(route["dst"], strict=False) not in nets:
+                raise _check_failed(f"route to {route['dst']} is missing from {request.netns}")
+    if conf.ip_masq and not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
+                                                        [ip["address"] for ip in prev["ips"]]):
+        raise _check_failed(f"masquerade rules of {request.container_id} are missing")
+
+
+def _check_failed(msg: str) -> CNIError:
+    return CNIError(CHECK_FAILED, msg)
+
+
+def status(request: skel.Request):
+    config.load(request)
+    invoke.delegate(request, "STATUS")
+
+
+def gc(request: skel.Request):
+    conf = config.load(request)
+    invoke.delegate(request, "GC")
+    valid = {(a.get("containerID"), a.get("ifname"))
+             for a in request.config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+    nftables.gc_masquerade(conf.network, valid)
+    macspoof.gc(conf.network, valid)
+
+
+PLUGIN = skel.Plugin(name="bridge", add=add, delete=delete, check=check, status=status, gc=gc)

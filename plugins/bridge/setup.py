@@ -1,0 +1,112 @@
+"""The host and container sides of a bridge attachment: bridge, veth pair, addresses, routes."""
+
+import errno
+import ipaddress
+import secrets
+
+from pyroute2 import NetlinkError
+
+from cni import sysctl
+from cni.errors import CNIError, LINK_CONFLICT
+from cni.netlink import Namespace, kernel_error
+
+from plugins.bridge.config import BridgeConfig
+
+
+def ensure_bridge(host: Namespace, conf: BridgeConfig) -> tuple:
+    """The bridge, up; created if missing. Returns (link, created_by_us)."""
+    created = host.add_bridge(conf.bridge, conf.mtu)
+    link = host.link(conf.bridge)
+    if link is None:  # deleted between our create and read: try once more
+        created = host.add_bridge(conf.bridge, conf.mtu)
+        link = host.link(conf.bridge)
+    if link.kind != "bridge":
+        raise CNIError(LINK_CONFLICT, f"{conf.bridge} already exists but is not a bridge",
+                       f"link {conf.bridge} is of kind {link.kind or 'unknown'}")
+    attrs = {}
+    if not link.up:
+        attrs["state"] = "up"
+    if conf.promisc:
+        attrs["flags"], attrs["mask"] = 0x100, 0x100  # IFF_PROMISC
+    if attrs:
+        host.set_link(link.index, **attrs)
+    if conf.vlan or conf.vlan_trunk:
+        host.set_bridge_vlan_filtering(link.index)
+    return host.link(index=link.index), created
+
+
+def create_veth(host: Namespace, conf: BridgeConfig, netns: str, ifname: str) -> str:
+    """A veth pair: a random host-side name, the container side born as `ifname` inside netns."""
+    for _ in range(5):
+        host_name = "veth" + secrets.token_hex(4)
+        try:
+            host.add_veth(host_name, ifname, netns, mtu=conf.mtu, peer_mac=conf.mac)
+            return host_name
+        except NetlinkError as e:
+            if e.code != errno.EEXIST or host.link(host_name) is None:
+                raise kernel_error(f"cannot create veth pair for {ifname}", e) from None
+    raise CNIError(LINK_CONFLICT, "cannot find a free host-side veth name")
+
+
+def attach_port(host: Namespace, conf: BridgeConfig, bridge_index: int, host_name: str) -> int:
+    port = host.link(host_name)
+    host.set_link(port.index, master=bridge_index)
+    if conf.hairpin or conf.port_isolation:
+        host.set_bridge_port(port.index, hairpin=conf.hairpin, isolated=conf.port_isolation)
+    if conf.vlan or conf.vlan_trunk:
+        if not conf.preserve_default_vlan:
+            host.vlan("del", port.index, 1)
+        if conf.vlan:
+            host.vlan("add", port.index, conf.vlan, pvid_untagged=True)
+        for vid in conf.vlan_trunk:
+            host.vlan("add", port.index, vid)
+    host.set_link(port.index, state="up")
+    return port.index
+
+
+def ensure_gateways(host: Namespace, conf: BridgeConfig, bridge_index: int, ips: list):
+    """Each family's gateway address on the bridge; another address in that subnet only with forceAddress."""
+    present = host.addresses(bridge_index)
+    for ip in ips:
+        if not ip.get("gateway"):
+            continue
+        subnet = ipaddress.ip_interface(ip["address"]).network
+        wanted = ipaddress.ip_interface(f"{ip['gateway']}/{subnet.prefixlen}")
+        if wanted in present:
+            continue
+        for other in present:
+            if other.version == wanted.version and other.network.overlaps(subnet):
+                if not conf.force_address:
+                    raise CNIError(LINK_CONFLICT, f"{conf.bridge} already has address {other}",
+                                   f"it differs from gateway {wanted}; set forceAddress to replace it")
+                host.delete_address(bridge_index, str(other))
+        host.add_address(bridge_index, str(wanted), nodad=True)
+        present.append(wanted)
+    families = {ipaddress.ip_interface(ip["address"]).version for ip in ips}
+    if 4 in families:
+        sysctl.ensure("net.ipv4.ip_forward", "1")
+    if 6 in families:
+        sysctl.ensure("net.ipv6.conf.all.forwarding", "1")
+
+
+def configure_container(container: Namespace, conf: BridgeConfig, ifname: str, ips: list, routes: list):
+    """Addresses and routes on the container side, then the link up (unless disabled)."""
+    link = container.link(ifname)
+    if conf.disable_container_interface:
+        return link
+    container.set_link(link.index, state="up")
+    for ip in ips:
+        container.add_address(link.index, ip["address"], nodad=not conf.enable_dad)
+    gateways = {ipaddress.ip_interface(ip["address"]).version: ip.get("gateway") for ip in ips}
+    for route in routes:
+        version = ipaddress.ip_network(route["dst"], strict=False).version
+        container.add_route(link.index, route["dst"], route.get("gw") or gateways.get(version))
+    return container.link(index=link.index)
+
+
+def host_veth_of(host: Namespace, container_link) -> str | None:
+    """The host-side name of a container veth, from its peer index."""
+    if container_link is None or not container_link.peer:
+        return None
+    peer = host.link(index=container_link.peer)
+    return peer.name if peer and peer.kind == "veth" else None
