@@ -43,7 +43,9 @@ def exec_plugin(bin_dir, plugin_type, command, config, *, container_id="", netns
                        ("CNI_ARGS", cni_args)):
         if value:
             call_env[key] = value
-    call_env["CNI_PATH"] = ":".join(path or [str(bin_dir)])
+    cni_path = ":".join(str(p) for p in (path if path is not None else [bin_dir]))
+    if cni_path:   # path=[]: no CNI_PATH at all
+        call_env["CNI_PATH"] = cni_path
     call_env.update(env or {})
     argv = [os.path.join(str(bin_dir), plugin_type)]
     if host_ns:

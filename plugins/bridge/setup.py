@@ -12,6 +12,8 @@ from cni.netlink import Namespace, kernel_error
 
 from plugins.bridge.config import BridgeConfig
 
+IFF_UP, IFF_PROMISC = 0x1, 0x100
+
 
 def ensure_bridge(host: Namespace, conf: BridgeConfig) -> tuple:
     """The bridge, up; created if missing. Returns (link, created_by_us)."""
@@ -23,15 +25,15 @@ def ensure_bridge(host: Namespace, conf: BridgeConfig) -> tuple:
     if link.kind != "bridge":
         raise CNIError(LINK_CONFLICT, f"{conf.bridge} already exists but is not a bridge",
                        f"link {conf.bridge} is of kind {link.kind or 'unknown'}")
-    attrs = {}
-    if not link.up:
-        attrs["state"] = "up"
-    if conf.promisc:
-        attrs["flags"], attrs["mask"] = 0x100, 0x100  # IFF_PROMISC
-    if attrs:
-        host.set_link(link.index, **attrs)
-    if conf.vlan or conf.vlan_trunk:
-        host.set_bridge_vlan_filtering(link.index)
+    try:
+        flags = IFF_UP | (IFF_PROMISC if conf.promisc else 0)
+        host.set_link(link.index, flags=flags, mask=flags)
+        if conf.vlan or conf.vlan_trunk:
+            host.set_bridge_vlan_filtering(link.index)
+    except CNIError:
+        if created:
+            host.delete_link(conf.bridge)
+        raise
     return host.link(index=link.index), created
 
 
