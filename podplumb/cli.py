@@ -26,6 +26,9 @@ def _daemon(args):
     return main(args.rest)
 
 
+_OWN_OPTIONS = ("csi", "daemon")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="podplumb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +50,10 @@ def main(argv=None):
     p = sub.add_parser("demo", help="wire two pods and a volume on this machine and show it")
     p.set_defaults(func=_demo)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _OWN_OPTIONS:
+        # These parse their own options: argparse's REMAINDER rejects a leading "--option".
+        return parser.parse_args(argv[:1]).func(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 
