@@ -35,8 +35,9 @@ def add(request: skel.Request) -> dict:
             nftables.ensure_masquerade(conf.network, request.container_id, request.ifname,
                                        [ip["address"] for ip in ips])
         if conf.macspoofchk:
-            undo.push("macspoofchk", lambda: macspoof.remove(request))
-            macspoof.ensure(request, host_name, pod.mac)
+            undo.push("macspoofchk", lambda: macspoof.remove(conf.network, request.container_id,
+                                                             request.ifname))
+            macspoof.ensure(conf.network, request.container_id, request.ifname, host_name, pod.mac)
         port = host.link(index=port_index)
         bridge = host.link(index=bridge.index)
     interfaces = [{"name": bridge.name, "mac": bridge.mac},
@@ -99,7 +100,7 @@ def delete(request: skel.Request):
     if conf.ip_masq:
         nftables.remove_masquerade(conf.network, request.container_id, request.ifname)
     if conf.macspoofchk:
-        macspoof.remove(request)
+        macspoof.remove(conf.network, request.container_id, request.ifname)
 
 
 def _prev_result(request: skel.Request) -> dict | None:
@@ -153,6 +154,8 @@ def check(request: skel.Request):
     if conf.ip_masq and not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
                                                         [ip["address"] for ip in prev["ips"]]):
         raise _check_failed(f"masquerade rules of {request.container_id} are missing")
+    if conf.macspoofchk and not macspoof.present(conf.network, request.container_id, request.ifname):
+        raise _check_failed(f"MAC spoof check rule of {request.container_id} is missing")
 
 
 def _check_failed(msg: str) -> CNIError:

@@ -225,3 +225,67 @@ def test_add_refuses_an_interface_name_already_in_the_pod(plugin_host, netns, da
     assert "eth0 already exists" in failed.value.error["msg"]
     assert leases(data_dir, conflist["name"]) == held   # the first pod's lease is untouched
     net.delete("ctr", kernel.netns_path(pod))
+
+
+def _outside(host_ns, netns):
+    """A namespace beyond the host with no route back to the pods: only masquerade reaches it."""
+    outside = netns("out")
+    kernel.sh("ip", "link", "add", "to-out", "type", "veth", "peer", "name", "uplink", "netns", outside, ns=host_ns)
+    kernel.sh("ip", "link", "set", "to-out", "up", ns=host_ns)
+    kernel.sh("ip", "addr", "add", "198.18.0.1/24", "dev", "to-out", ns=host_ns)
+    kernel.sh("ip", "addr", "add", "fd18::1/64", "dev", "to-out", "nodad", ns=host_ns)
+    kernel.sh("ip", "link", "set", "uplink", "up", ns=outside)
+    kernel.sh("ip", "addr", "add", "198.18.0.2/24", "dev", "uplink", ns=outside)
+    kernel.sh("ip", "addr", "add", "fd18::2/64", "dev", "uplink", "nodad", ns=outside)
+    return outside
+
+
+@pytest.mark.parametrize("ip_masq", [True, False])
+def test_ip_masq_reaches_outside(plugin_host, netns, data_dir, ip_masq):
+    _outside(plugin_host.ns, netns)
+    conflist = bridge_conflist(data_dir, ipMasq=ip_masq)
+    net = plugin_host.network(conflist)
+    pod = netns("pod")
+    net.add("ctr", kernel.netns_path(pod))
+    assert kernel.ping(pod, "198.18.0.2") == ip_masq
+    assert kernel.ping(pod, "fd18::2") == ip_masq
+    if ip_masq:
+        net.check("ctr", kernel.netns_path(pod))
+        kernel.sh("nft", "flush", "chain", "inet", "podplumb-masq", "postrouting", ns=plugin_host.ns)
+        with pytest.raises(PluginFailed) as failed:
+            net.check("ctr", kernel.netns_path(pod))
+        assert "masquerade" in failed.value.error["msg"]
+    net.delete("ctr", kernel.netns_path(pod))
+    net.delete("ctr", kernel.netns_path(pod))
+    assert kernel.sh("nft", "list", "tables", ns=plugin_host.ns).stdout.strip() == ""
+
+
+def test_ip_masq_gc_removes_rules_of_gone_containers(plugin_host, netns, data_dir):
+    conflist = bridge_conflist(data_dir, ipMasq=True)
+    net = plugin_host.network(conflist)
+    pods = [netns("pod"), netns("pod")]
+    for i, p in enumerate(pods):
+        net.add(f"ctr{i}", kernel.netns_path(p))
+    net.gc([("ctr0", "eth0")])
+    rules = kernel.sh("nft", "list", "table", "inet", "podplumb-masq", ns=plugin_host.ns).stdout
+    assert "ctr0/eth0" in rules and "ctr1/eth0" not in rules
+    for i, p in enumerate(pods):
+        net.delete(f"ctr{i}", kernel.netns_path(p))
+    assert kernel.sh("nft", "list", "tables", ns=plugin_host.ns).stdout.strip() == ""
+
+
+def test_macspoofchk_drops_frames_with_another_source_mac(plugin_host, netns, data_dir):
+    conflist = bridge_conflist(data_dir, subnet6=None, macspoofchk=True)
+    net = plugin_host.network(conflist)
+    pod = netns("pod")
+    net.add("ctr", kernel.netns_path(pod))
+    assert kernel.ping(pod, "10.77.0.1")
+    net.check("ctr", kernel.netns_path(pod))
+    real_mac = kernel.ip_json("link", "show", "eth0", ns=pod)[0]["address"]
+    kernel.sh("ip", "neigh", "flush", "all", ns=pod)
+    kernel.sh("ip", "link", "set", "eth0", "address", "0a:58:de:ad:be:ef", ns=pod)
+    assert not kernel.ping(pod, "10.77.0.1")
+    kernel.sh("ip", "link", "set", "eth0", "address", real_mac, ns=pod)
+    assert kernel.ping(pod, "10.77.0.1")
+    net.delete("ctr", kernel.netns_path(pod))
+    assert kernel.sh("nft", "list", "tables", ns=plugin_host.ns).stdout.strip() == ""
