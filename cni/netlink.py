@@ -8,14 +8,18 @@ import contextlib
 import dataclasses
 import errno
 import ipaddress
+import time
 
 from pyroute2 import IPRoute, NetlinkError
 
 from cni.errors import CNIError, KERNEL_FAILURE, UNKNOWN_CONTAINER
 
-IFA_F_NODAD = 0x02
+IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
 AF_INET, AF_INET6 = 2, 10
 RT_TABLE_MAIN = 254
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 0x04
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,15 @@ class Link:
     up: bool
     hairpin: bool
     isolated: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Vxlan:
+    vni: int
+    port: int
+    local: str | None
+    underlay: int     # ifindex of the link carrying the tunnel, 0 if none
+    learning: bool
 
 
 def kernel_error(what: str, error: NetlinkError) -> CNIError:
@@ -145,6 +158,21 @@ class Namespace:
             if e.code != errno.EEXIST:
                 raise kernel_error(f"cannot add address {address}", e) from None
 
+    def wait_for_dad(self, index: int, timeout: float = 10.0):
+        """Wait until no address of the link is tentative; fail if DAD found a duplicate."""
+        deadline = time.monotonic() + timeout
+        while True:
+            flags = [(m.get_attr("IFA_ADDRESS"), m.get_attr("IFA_FLAGS") or m["flags"])
+                     for m in self.ipr.get_addr(index=index, family=AF_INET6)]
+            duplicate = [a for a, f in flags if f & IFA_F_DADFAILED]
+            if duplicate:
+                raise CNIError(KERNEL_FAILURE, f"duplicate address detected: {', '.join(duplicate)}")
+            if not any(f & IFA_F_TENTATIVE for _, f in flags):
+                return
+            if time.monotonic() > deadline:
+                raise CNIError(KERNEL_FAILURE, f"addresses still tentative after {timeout:.0f}s of DAD")
+            time.sleep(0.05)
+
     def delete_address(self, index: int, address: str):
         iface = ipaddress.ip_interface(address)
         try:
@@ -176,6 +204,101 @@ class Namespace:
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise kernel_error(f"cannot add route to {dst}" + (f" via {gateway}" if gateway else ""), e) from None
+
+    # VXLAN tunnel endpoints and their forwarding entries (neighbours, FDB, onlink routes)
+    def vxlan(self, name: str) -> Vxlan | None:
+        """The VXLAN settings of link `name`; None when it is missing or not a vxlan link."""
+        try:
+            msg = self.ipr.link("get", ifname=name)[0]
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise kernel_error(f"cannot read link {name}", e) from None
+        info = msg.get_attr("IFLA_LINKINFO")
+        if not info or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+            return None
+        data = info.get_attr("IFLA_INFO_DATA")
+        return Vxlan(vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
+                     local=data.get_attr("IFLA_VXLAN_LOCAL"), underlay=data.get_attr("IFLA_VXLAN_LINK") or 0,
+                     learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")))
+
+    def add_vxlan(self, name: str, vni: int, port: int, local: str, underlay: int, mtu: int, mac: str) -> bool:
+        """A unicast VTEP without MAC learning; False when a link of that name already exists."""
+        try:
+            self.ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port, vxlan_local=local,
+                          vxlan_link=underlay, vxlan_learning=0, mtu=mtu, address=mac)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise kernel_error(f"cannot create vxlan link {name}", e) from None
+        return True
+
+    def address_owner(self, address: str) -> int | None:
+        """The ifindex holding `address`, None if no link does."""
+        for m in self.ipr.get_addr():
+            if m.get_attr("IFA_ADDRESS") == address:
+                return m["index"]
+        return None
+
+    def default_route_link(self) -> int | None:
+        """The output link of the main table's IPv4 default route."""
+        for dst, _, oif in self.routes():
+            if dst == "0.0.0.0/0" and oif:
+                return oif
+        return None
+
+    def permanent_neighbours(self, index: int) -> dict[str, str]:
+        """IPv4 neighbour entries of state PERMANENT on the link: {address: MAC}."""
+        return {m.get_attr("NDA_DST"): m.get_attr("NDA_LLADDR")
+                for m in self.ipr.neigh("dump", ifindex=index, family=AF_INET)
+                if m["state"] & NUD_PERMANENT and m.get_attr("NDA_LLADDR")}
+
+    def set_permanent_neighbour(self, index: int, address: str, mac: str):
+        try:
+            self.ipr.neigh("replace", ifindex=index, dst=address, lladdr=mac, state=NUD_PERMANENT)
+        except NetlinkError as e:
+            raise kernel_error(f"cannot set neighbour {address} -> {mac}", e) from None
+
+    def delete_neighbour(self, index: int, address: str):
+        try:
+            self.ipr.neigh("del", ifindex=index, dst=address)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.ESRCH):
+                raise kernel_error(f"cannot delete neighbour {address}", e) from None
+
+    def remote_fdb(self, index: int) -> set[tuple[str, str]]:
+        """(MAC, remote IP) of the link's FDB entries that point at a remote (a VTEP's unicast entries)."""
+        return {(m.get_attr("NDA_LLADDR"), m.get_attr("NDA_DST"))
+                for m in self.ipr.fdb("dump", ifindex=index) if m.get_attr("NDA_DST")}
+
+    def set_remote_fdb(self, index: int, mac: str, remote: str):
+        try:
+            self.ipr.fdb("replace", ifindex=index, lladdr=mac, dst=remote,
+                         state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+        except NetlinkError as e:
+            raise kernel_error(f"cannot set FDB entry {mac} -> {remote}", e) from None
+
+    def delete_remote_fdb(self, index: int, mac: str, remote: str):
+        try:
+            self.ipr.fdb("del", ifindex=index, lladdr=mac, dst=remote)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.ESRCH):
+                raise kernel_error(f"cannot delete FDB entry {mac} -> {remote}", e) from None
+
+    def replace_route(self, index: int, dst: str, gateway: str, onlink: bool = False):
+        """Add the route, or make the existing route to `dst` this one."""
+        try:
+            self.ipr.route("replace", dst=str(ipaddress.ip_network(dst)), gateway=gateway, oif=index,
+                           **({"flags": RTNH_F_ONLINK} if onlink else {}))
+        except NetlinkError as e:
+            raise kernel_error(f"cannot set route to {dst} via {gateway}", e) from None
+
+    def delete_route(self, index: int, dst: str):
+        try:
+            self.ipr.route("del", dst=str(ipaddress.ip_network(dst)), oif=index, table=RT_TABLE_MAIN)
+        except NetlinkError as e:
+            if e.code not in (errno.ESRCH, errno.ENOENT):
+                raise kernel_error(f"cannot delete route to {dst}", e) from None
 
 
 def _to_link(msg) -> Link:

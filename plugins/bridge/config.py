@@ -30,6 +30,7 @@ class BridgeConfig:
     port_isolation: bool = False
     mac: str | None = None
     dns: dict | None = None
+    layer2_only: bool = False       # no ipam: the pod gets a link and no address
 
 
 _BOOLS = {
@@ -65,8 +66,15 @@ def load(request: Request) -> BridgeConfig:
     values["mac"] = _mac(request)
     if isinstance(raw.get("dns"), dict):
         values["dns"] = raw["dns"]
-    if not isinstance(raw.get("ipam"), dict) or not raw["ipam"].get("type"):
-        raise config_error("missing ipam", "the bridge plugin needs an 'ipam' section with a 'type'")
+    ipam = raw.get("ipam")
+    if ipam is not None and not (isinstance(ipam, dict) and isinstance(ipam.get("type"), str)):
+        raise config_error("invalid ipam", "'ipam' must be an object with a 'type'")
+    values["layer2_only"] = not (ipam and ipam.get("type"))
+    if values["layer2_only"] and values.get("is_gateway"):
+        raise config_error("isGateway needs ipam", "a bridge without IPAM has no gateway address to set")
+    if values.get("hairpin") and values.get("promisc"):
+        raise config_error("hairpinMode and promiscMode cannot be set together",
+                           "a promiscuous bridge already delivers a pod's frames back to it")
     return BridgeConfig(**values)
 
 

@@ -15,8 +15,10 @@ def add(request: skel.Request) -> dict:
         if container.link(request.ifname) is not None:
             raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
                            "DEL the earlier attachment first")
-        ipam = invoke.delegate(request, "ADD")
-        undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
+        ipam = {}
+        if not conf.layer2_only:
+            ipam = invoke.delegate(request, "ADD")
+            undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
         ips = _ip_configs(ipam, conf)
         routes = _routes(ipam, conf, ips)
 
@@ -47,6 +49,8 @@ def add(request: skel.Request) -> dict:
 
 
 def _ip_configs(ipam: dict, conf) -> list:
+    if conf.layer2_only:
+        return []
     if not ipam.get("ips"):
         raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
     ips = []
@@ -75,6 +79,11 @@ def _routes(ipam: dict, conf, ips: list) -> list:
     return routes
 
 
+def _ipam(conf, request: skel.Request, command: str):
+    if not conf.layer2_only:
+        invoke.delegate(request, command)
+
+
 def _delete_bridge_if_unused(host: netlink.Namespace, name: str):
     bridge = host.link(name)
     if bridge and not any(link.master == bridge.index for link in host.links()):
@@ -83,7 +92,7 @@ def _delete_bridge_if_unused(host: netlink.Namespace, name: str):
 
 def delete(request: skel.Request):
     conf = config.load(request)
-    invoke.delegate(request, "DEL")
+    _ipam(conf, request, "DEL")
     prev = _prev_result(request)
     if request.netns:
         try:
@@ -121,7 +130,7 @@ def check(request: skel.Request):
     prev = _prev_result(request)
     if prev is None:
         raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
-    invoke.delegate(request, "CHECK")
+    _ipam(conf, request, "CHECK")
     pod_entry = next((i for i in prev["interfaces"] if i.get("name") == request.ifname and i.get("sandbox")), None)
     if pod_entry is None:
         raise _check_failed(f"prevResult has no interface {request.ifname} in a sandbox")
@@ -163,13 +172,12 @@ def _check_failed(msg: str) -> CNIError:
 
 
 def status(request: skel.Request):
-    config.load(request)
-    invoke.delegate(request, "STATUS")
+    _ipam(config.load(request), request, "STATUS")
 
 
 def gc(request: skel.Request):
     conf = config.load(request)
-    invoke.delegate(request, "GC")
+    _ipam(conf, request, "GC")
     valid = {(a.get("containerID"), a.get("ifname"))
              for a in request.config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
     nftables.gc_masquerade(conf.network, valid)

@@ -99,6 +99,8 @@ def configure_container(container: Namespace, conf: BridgeConfig, ifname: str, i
     container.set_link(link.index, state="up")
     for ip in ips:
         container.add_address(link.index, ip["address"], nodad=not conf.enable_dad)
+    if conf.enable_dad:
+        container.wait_for_dad(link.index)
     gateways = {ipaddress.ip_interface(ip["address"]).version: ip.get("gateway") for ip in ips}
     for route in routes:
         version = ipaddress.ip_network(route["dst"], strict=False).version

@@ -48,7 +48,8 @@ CASES = [
      {}, 7, "overlap"),
     ("invalid-mac", config(), {"CNI_ARGS": "MAC=zz:00:00:00:00:00"}, 7, "zz:00:00:00:00:00"),
     ("missing-netns", config(), {"CNI_NETNS": "/run/netns/pp-does-not-exist"}, 3, "/run/netns/pp-does-not-exist"),
-    ("missing-ipam", config(ipam=_DROP), {}, 7, "ipam"),
+    ("gateway-without-ipam", config(ipam=_DROP), {}, 7, "isGateway needs ipam"),
+    ("hairpin-and-promisc", config(hairpinMode=True, promiscMode=True), {}, 7, "hairpinMode and promiscMode"),
     ("unknown-ipam", config(**{"ipam.type": "no-such-ipam"}), {}, 7, "no-such-ipam"),
     ("bad-network-name", config(name="bad/name"), {}, 7, "bad/name"),
 ]

@@ -139,7 +139,7 @@ def test_status_and_gc_need_version_1_1(plugin_host, data_dir):
 
 
 def test_mtu_mac_hairpin_and_isolation(plugin_host, netns, data_dir):
-    conflist = bridge_conflist(data_dir, mtu=1400, hairpinMode=True, portIsolation=True, promiscMode=True)
+    conflist = bridge_conflist(data_dir, mtu=1400, hairpinMode=True, portIsolation=True)
     conflist["plugins"][0]["capabilities"] = {"mac": True}
     net = plugin_host.network(conflist)
     pods = [netns("pod"), netns("pod")]
@@ -152,8 +152,6 @@ def test_mtu_mac_hairpin_and_isolation(plugin_host, netns, data_dir):
     assert port["mtu"] == 1400
     assert port["linkinfo"]["info_slave_data"]["hairpin"] is True
     assert port["linkinfo"]["info_slave_data"]["isolated"] is True
-    bridge = kernel.ip_json("link", "show", conflist["plugins"][0]["bridge"], ns=plugin_host.ns)[0]
-    assert "PROMISC" in bridge["flags"]
     # Isolated ports do not reach each other, but still reach the gateway.
     assert not kernel.ping(pods[0], pod_addresses(other)[4])
     assert kernel.ping(pods[0], "10.77.0.1")
@@ -289,3 +287,40 @@ def test_macspoofchk_drops_frames_with_another_source_mac(plugin_host, netns, da
     assert kernel.ping(pod, "10.77.0.1")
     net.delete("ctr", kernel.netns_path(pod))
     assert kernel.sh("nft", "list", "tables", ns=plugin_host.ns).stdout.strip() == ""
+
+
+def test_promiscuous_bridge(plugin_host, netns, data_dir):
+    conflist = bridge_conflist(data_dir, subnet6=None, promiscMode=True)
+    net = plugin_host.network(conflist)
+    pod = netns("pod")
+    net.add("ctr", kernel.netns_path(pod))
+    bridge = kernel.ip_json("link", "show", conflist["plugins"][0]["bridge"], ns=plugin_host.ns)[0]
+    assert "PROMISC" in bridge["flags"] and "UP" in bridge["flags"]
+    assert kernel.ping(pod, "10.77.0.1")
+    net.delete("ctr", kernel.netns_path(pod))
+
+
+def test_layer2_only_bridge_without_ipam(plugin_host, netns):
+    conflist = {"cniVersion": "1.1.0", "name": "l2net", "plugins": [{"type": "bridge", "bridge": kernel.unique("ppl2")}]}
+    net = plugin_host.network(conflist)
+    pods = [netns("pod"), netns("pod")]
+    results = [net.add(f"ctr{i}", kernel.netns_path(p)) for i, p in enumerate(pods)]
+    assert all(not r.get("ips") for r in results)
+    assert [i["name"] for i in results[0]["interfaces"]][2] == "eth0"
+    # The pods share the segment: addresses set by hand reach each other.
+    for i, p in enumerate(pods):
+        kernel.sh("ip", "addr", "add", f"192.0.2.{i + 1}/24", "dev", "eth0", ns=p)
+    assert kernel.ping(pods[0], "192.0.2.2")
+    for i, p in enumerate(pods):
+        net.check(f"ctr{i}", kernel.netns_path(p))
+        net.delete(f"ctr{i}", kernel.netns_path(p))
+
+
+def test_enabledad_waits_for_duplicate_address_detection(plugin_host, netns, data_dir):
+    net = plugin_host.network(bridge_conflist(data_dir, subnet4=None, enabledad=True))
+    pod = netns("pod")
+    result = net.add("ctr", kernel.netns_path(pod))
+    addresses = kernel.ip_json("-6", "addr", "show", "eth0", ns=pod)[0]["addr_info"]
+    assert not any(a.get("tentative") for a in addresses)
+    assert kernel.ping(pod, result["ips"][0]["gateway"])
+    net.delete("ctr", kernel.netns_path(pod))
