@@ -1,0 +1,140 @@
+"""host-local's configuration: where leases live, the range sets, routes and requested addresses."""
+
+import dataclasses
+import ipaddress
+import os
+
+from cni.errors import CNIError, INVALID_ENVIRONMENT, config_error
+from plugins.host_local import ranges
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+_LEGACY_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway")
+_ROUTE_NUMBERS = ("mtu", "advmss", "priority", "table", "scope")
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where one network's leases live: <dataDir>/<network>/."""
+    network: str
+    data_dir: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.data_dir, self.network)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    location: Location
+    range_sets: tuple[ranges.RangeSet, ...]
+    routes: tuple[dict, ...]
+    resolv_conf: str | None
+    requested: tuple[ranges.Address, ...]
+
+
+def ipam_section(config: dict) -> dict:
+    ipam = config.get("ipam")
+    if not isinstance(ipam, dict):
+        raise config_error("IPAM config missing 'ipam' key" if ipam is None else "'ipam' must be an object")
+    return ipam
+
+
+def load_location(config: dict) -> Location:
+    """Only what DEL and GC need, so that they work even when the ranges no longer parse."""
+    ipam = ipam_section(config)
+    name = config.get("name")
+    if not isinstance(name, str) or not name:
+        raise config_error("the network config has no name", "host-local keeps leases per network name")
+    if "/" in name or name in (".", ".."):
+        raise config_error(f"invalid network name {name!r}", "it becomes a directory name: no '/', '.' or '..'")
+    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
+    if not isinstance(data_dir, str):
+        raise config_error("ipam.dataDir must be a string", f"got {data_dir!r}")
+    return Location(name, data_dir)
+
+
+def load(config: dict, cni_args: dict) -> Config:
+    location = load_location(config)
+    ipam = ipam_section(config)
+    resolv_conf = ipam.get("resolvConf") or None
+    if resolv_conf is not None and not isinstance(resolv_conf, str):
+        raise config_error("ipam.resolvConf must be a string", f"got {resolv_conf!r}")
+    return Config(location=location, range_sets=_range_sets(config, ipam),
+                  routes=tuple(_route(r, f"ipam.routes[{i}]") for i, r in enumerate(_list(ipam, "routes"))),
+                  resolv_conf=resolv_conf, requested=_requested(config, cni_args))
+
+
+def _list(section: dict, key: str, where: str = "ipam") -> list:
+    value = section.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise config_error(f"{where}.{key} must be a list", f"got {value!r}")
+    return value
+
+
+def _range_sets(config: dict, ipam: dict) -> tuple[ranges.RangeSet, ...]:
+    """In the reference's order, which fixes the index of `last_reserved_ip.<index>`:
+    runtimeConfig.ipRanges, then the single range at the top of `ipam`, then `ipam.ranges`."""
+    runtime = config.get("runtimeConfig") if isinstance(config.get("runtimeConfig"), dict) else {}
+    specs = [(s, f"runtimeConfig.ipRanges[{i}]") for i, s in enumerate(_list(runtime, "ipRanges", "runtimeConfig"))]
+    if "subnet" in ipam:
+        specs.append(([{k: ipam[k] for k in _LEGACY_KEYS if k in ipam}], "ipam"))
+    else:
+        stray = [k for k in _LEGACY_KEYS if ipam.get(k) is not None]
+        if stray:
+            raise config_error(f"ipam.{stray[0]} is set but ipam.subnet is not",
+                               "the single-range form needs a subnet; with 'ranges', set it per range")
+    specs += [(s, f"ipam.ranges[{i}]") for i, s in enumerate(_list(ipam, "ranges"))]
+    if not specs:
+        raise config_error("no IP ranges specified", "set ipam.ranges or ipam.subnet")
+    sets = tuple(ranges.parse_range_set(spec, i, where) for i, (spec, where) in enumerate(specs))
+    for i, a in enumerate(sets):
+        for b in sets[i + 1:]:
+            if a.overlaps(b):
+                raise config_error(f"{specs[a.index][1]} ({a}) overlaps {specs[b.index][1]} ({b})")
+    return sets
+
+
+def _route(spec, where: str) -> dict:
+    if not isinstance(spec, dict) or "dst" not in spec:
+        raise config_error(f"{where} must be an object with a 'dst'", f"got {spec!r}")
+    route = {"dst": _route_destination(spec["dst"], where)}
+    if spec.get("gw") is not None:
+        route["gw"] = str(ranges.parse_address(spec["gw"], f"{where}: gw"))
+    for key in _ROUTE_NUMBERS:
+        if key in spec:
+            if not isinstance(spec[key], int) or isinstance(spec[key], bool):
+                raise config_error(f"{where}: {key} must be an integer", f"got {spec[key]!r}")
+            route[key] = spec[key]
+    return route
+
+
+def _route_destination(text, where: str) -> str:
+    # Host bits are kept, as the reference does: "10.2.3.4/8" stays as written.
+    if not isinstance(text, str) or "/" not in text:
+        raise config_error(f"{where}: dst {text!r} is not a valid CIDR", "expected ADDRESS/PREFIX")
+    try:
+        return str(ipaddress.ip_interface(text.strip()))
+    except ValueError:
+        raise config_error(f"{where}: dst {text!r} is not a valid CIDR") from None
+
+
+def _requested(config: dict, cni_args: dict) -> tuple[ranges.Address, ...]:
+    """Requested addresses, from CNI_ARGS `IP=` (comma-separated), `args.cni.ips` and
+    `runtimeConfig.ips`, in that order, without duplicates."""
+    found = []
+    raw_env = cni_args.get("IP", "")
+    for text in filter(None, (t.strip() for t in raw_env.split(","))):
+        try:
+            found.append(ranges.parse_address(text, "CNI_ARGS IP"))
+        except CNIError as e:
+            raise CNIError(INVALID_ENVIRONMENT, e.msg, e.details) from None
+    args = config.get("args")
+    cni = args.get("cni") if isinstance(args, dict) else None
+    if isinstance(cni, dict):
+        found += [ranges.parse_address(t, "args.cni.ips entry") for t in _list(cni, "ips", "args.cni")]
+    runtime = config.get("runtimeConfig")
+    if isinstance(runtime, dict):
+        found += [ranges.parse_address(t, "runtimeConfig.ips entry") for t in _list(runtime, "ips", "runtimeConfig")]
+    return tuple(dict.fromkeys(found))

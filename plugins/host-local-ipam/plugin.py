@@ -1,0 +1,124 @@
+"""The host-local IPAM plugin: ADD, DEL, CHECK, STATUS and GC over the on-disk lease store."""
+
+from cni import result as results, skel
+from cni.errors import CNIError, CHECK_FAILED, NOT_AVAILABLE, config_error
+from plugins.host_local import allocator, config, resolv
+from plugins.host_local.ranges import parse_address
+from plugins.host_local.store import Lease, Store
+
+
+def add(request: skel.Request) -> dict:
+    """One address per range set for (container ID, ifname). Everything that can be refused is
+    checked before the lease directory is touched; a failure part-way releases what this call
+    reserved. Repeating an ADD returns the addresses the attachment already holds."""
+    conf = config.load(request.config, request.args)
+    wanted = allocator.route_requested(conf.range_sets, conf.requested)
+    dns = resolv.parse(conf.resolv_conf) if conf.resolv_conf else {}
+    store = Store(conf.location)
+    with store.locked():
+        allocation = allocator.Allocation(store, request.container_id, request.ifname)
+        try:
+            ips = [allocation.get(s, wanted.get(s.index)) for s in conf.range_sets]
+        except BaseException:
+            allocation.rollback()
+            raise
+    return results.new(ips=ips, routes=[dict(r) for r in conf.routes], dns=dns)
+
+
+def delete(request: skel.Request):
+    """Release the attachment's leases. Only the network name and dataDir are read, so a DEL
+    succeeds even after the ranges were edited into something invalid. As the reference does,
+    leases of the older format (container ID only) go when the attachment has no other lease."""
+    store = Store(config.load_location(request.config))
+    if not store.exists():
+        return
+    with store.locked():
+        leases = store.leases()
+        mine = [lease for lease in leases if lease.held_by(request.container_id, request.ifname)]
+        if not mine:
+            mine = [lease for lease in leases if lease.ifname is None and lease.container_id == request.container_id]
+        for lease in mine:
+            store.release(lease.address)
+
+
+def check(request: skel.Request):
+    """The attachment holds a lease in every range set, and those are the addresses prevResult
+    reports (when there is one)."""
+    conf = config.load(request.config, request.args)
+    held = {lease.address for lease in Store(conf.location).leases() if _held(lease, request)}
+    for range_set in conf.range_sets:
+        if not any(range_set.range_for(address) for address in held):
+            raise CNIError(CHECK_FAILED, f"container {request.container_id} (ifname {request.ifname}) holds no "
+                           f"lease in range set {range_set.index} ({range_set})")
+    prev = request.config.get("prevResult")
+    if not prev:
+        return
+    reported = {parse_address(ip["address"], "prevResult address")
+                for ip in results.from_any(prev, request.version)["ips"]}
+    held, reported = _in_ranges(held, conf.range_sets), _in_ranges(reported, conf.range_sets)
+    if held != reported:
+        raise CNIError(CHECK_FAILED, f"container {request.container_id} (ifname {request.ifname}) holds "
+                       f"{_listing(held)} but prevResult reports {_listing(reported)}")
+
+
+def status(request: skel.Request):
+    """Ready when ADD could succeed: the lease directory is writable and no range set is full
+    (ADD needs an address from every range set)."""
+    conf = config.load(request.config, request.args)
+    store = Store(conf.location)
+    reason = store.unwritable_reason()
+    if reason:
+        raise CNIError(NOT_AVAILABLE, f"lease directory {store.path} is not writable", reason)
+    leases = store.leases()
+    for range_set in conf.range_sets:
+        size = range_set.size()
+        if allocator.leased_count(range_set, leases) >= size:
+            raise CNIError(NOT_AVAILABLE, f"range set {range_set.index} ({range_set}) is exhausted",
+                           f"all {size} addresses are leased")
+
+
+def gc(request: skel.Request):
+    """Release every lease of this network whose attachment is not in cni.dev/valid-attachments."""
+    valid = _valid_attachments(request.config)
+    valid_containers = {container_id for container_id, _ in valid}
+    store = Store(config.load_location(request.config))
+    if not store.exists():
+        return
+    with store.locked():
+        store.remove_temporary_files()
+        for lease in store.leases():
+            keep = (lease.container_id in valid_containers if lease.ifname is None
+                    else (lease.container_id, lease.ifname) in valid)
+            if not keep:
+                store.release(lease.address)
+
+
+def _held(lease: Lease, request: skel.Request) -> bool:
+    if lease.ifname is None:
+        return lease.container_id == request.container_id
+    return lease.held_by(request.container_id, request.ifname)
+
+
+def _valid_attachments(conf: dict) -> set[tuple[str, str]]:
+    key = "cni.dev/valid-attachments"
+    attachments = conf.get(key)
+    if not isinstance(attachments, list):
+        raise config_error(f"GC needs {key} as a list", f"got {attachments!r}")
+    valid = set()
+    for entry in attachments:
+        if not isinstance(entry, dict) or not isinstance(entry.get("containerID"), str) \
+                or not isinstance(entry.get("ifname"), str):
+            raise config_error(f"invalid entry in {key}", f"expected {{containerID, ifname}}, got {entry!r}")
+        valid.add((entry["containerID"], entry["ifname"]))
+    return valid
+
+
+def _in_ranges(addresses, range_sets) -> set:
+    return {a for a in addresses if any(s.range_for(a) for s in range_sets)}
+
+
+def _listing(addresses) -> str:
+    return ", ".join(sorted(map(str, addresses))) or "nothing"
+
+
+PLUGIN = skel.Plugin(name="host-local", add=add, delete=delete, check=check, status=status, gc=gc)

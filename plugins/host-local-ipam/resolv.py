@@ -1,0 +1,26 @@
+"""resolv.conf -> a result's `dns` object."""
+
+from cni.errors import CNIError, IO_FAILURE
+
+
+def parse(path: str) -> dict:
+    """`nameserver` lines accumulate, `domain` keeps the last, `search` and `options` accumulate
+    their words; comments (# or ;) and unknown keywords are skipped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"cannot read resolvConf {path}", e.strerror or str(e)) from None
+    dns = {}
+    for line in lines:
+        words = line.split()
+        if len(words) < 2 or words[0][0] in "#;":
+            continue
+        keyword, values = words[0], words[1:]
+        if keyword == "nameserver":
+            dns.setdefault("nameservers", []).append(values[0])
+        elif keyword == "domain":
+            dns["domain"] = values[0]
+        elif keyword in ("search", "options"):
+            dns.setdefault(keyword, []).extend(values)
+    return dns
