@@ -16,6 +16,11 @@ def _csi(args):
     return main(args.rest)
 
 
+def _leases(args):
+    from podplumb.inspect import print_leases
+    return print_leases(args.data_dir, args.network)
+
+
 def _demo(args):
     from podplumb.demo import main
     return main()
@@ -46,6 +51,11 @@ def main(argv=None):
     p = sub.add_parser("daemon", help="run the warm CNI node daemon", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_daemon)
+
+    p = sub.add_parser("leases", help="list host-local leases: network, address, container, interface")
+    p.add_argument("--data-dir", default="/var/lib/cni/networks")
+    p.add_argument("network", nargs="?", help="only this network")
+    p.set_defaults(func=_leases)
 
     p = sub.add_parser("demo", help="wire two pods and a volume on this machine and show it")
     p.set_defaults(func=_demo)
