@@ -83,7 +83,7 @@ def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[bytes, in
     command = env.get("CNI_COMMAND", "")
     try:
         if command == "VERSION":
-            return _version_reply(plugin, stdin), 0
+            return versions.version_reply(stdin, plugin.versions), 0
         request = parse_request(env, stdin)
         reply_version = request.version
         LOG.info("%s %s container=%s netns=%s ifname=%s", plugin.name, command,
@@ -121,18 +121,6 @@ def _require_version(request: Request, minimum: str, command: str):
     if not versions.at_least(request.version, minimum):
         raise CNIError(INCOMPATIBLE_VERSION, f"config version {request.version} does not allow {command}",
                        f"{command} needs cniVersion {minimum} or later")
-
-
-def _version_reply(plugin: Plugin, stdin: bytes) -> bytes:
-    asked = versions.CURRENT
-    if stdin.strip():
-        try:
-            asked = json.loads(stdin).get("cniVersion", asked)
-        except (ValueError, AttributeError):
-            pass
-    if asked not in versions.SUPPORTED:
-        asked = versions.CURRENT
-    return _dump({"cniVersion": asked, "supportedVersions": list(plugin.versions)})
 
 
 def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:

@@ -1,5 +1,7 @@
 """CNI spec versions: which we speak, and how a config chooses one."""
 
+import json
+
 from cni.errors import CNIError, INCOMPATIBLE_VERSION, DECODE_FAILURE
 
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -38,3 +40,16 @@ def choose(config: dict) -> str:
         raise CNIError(INCOMPATIBLE_VERSION, f"unsupported cniVersion {version}",
                        f"supported: {', '.join(SUPPORTED)}")
     return version
+
+
+def version_reply(stdin: bytes, supported=SUPPORTED) -> bytes:
+    """The answer to CNI_COMMAND=VERSION; needs nothing but this module, so it is cheap."""
+    asked = CURRENT
+    if stdin.strip():
+        try:
+            asked = json.loads(stdin).get("cniVersion", asked)
+        except (ValueError, AttributeError):
+            pass
+    if asked not in SUPPORTED:
+        asked = CURRENT
+    return (json.dumps({"cniVersion": asked, "supportedVersions": list(supported)}, indent=2) + "\n").encode()
