@@ -1,0 +1,349 @@
+"""nftables mechanism shared by the plugins: our own tables, atomic scripts, rules found by tag.
+
+Every operation is one `nft -f -` transaction; state is read with one `nft -j list table`.
+Each rule made for a container carries a comment that starts with a tag
+`pp:<8-hex network hash>:<16-hex attachment hash>`, derived from (network, container ID, ifname),
+so DEL and GC find a container's rules without stored state. No plugin policy lives here, except
+the masquerade helpers at the end, which the main plugins (bridge) share for `ipMasq`.
+
+Standard library only: every plugin call is a new process.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import subprocess
+
+from cni.errors import CNIError, KERNEL_FAILURE
+
+FAMILY = "inet"
+NFT = "nft"
+LOCK_DIR = "/run/podplumb/lock"
+COMMENT_LIMIT = 128          # nft refuses longer comments
+EXEC_TIMEOUT = 30
+
+_TAG = re.compile(r"^pp:([0-9a-f]{8}):([0-9a-f]{16})$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@\-]")
+
+
+# ---- tags ---------------------------------------------------------------------------------------
+
+def network_hash(network: str) -> str:
+    return hashlib.sha256(network.encode()).hexdigest()[:8]
+
+
+def attachment_hash(network: str, container_id: str, ifname: str) -> str:
+    return hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()[:16]
+
+
+def tag(network: str, container_id: str, ifname: str) -> str:
+    return f"pp:{network_hash(network)}:{attachment_hash(network, container_id, ifname)}"
+
+
+def comment(rule_tag: str, *words: str) -> str:
+    """The tag, then words for humans (made safe to quote), cut to nft's comment limit."""
+    text = " ".join([rule_tag, *(_UNSAFE.sub("?", w) for w in words if w)])
+    return text[:COMMENT_LIMIT]
+
+
+# ---- rules as listed ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    chain: str
+    handle: int
+    comment: str
+    expr: tuple
+
+    @property
+    def tag(self) -> str | None:
+        first = self.comment.split(" ", 1)[0]
+        return first if _TAG.match(first) else None
+
+    @property
+    def network_hash(self) -> str | None:
+        m = _TAG.match(self.comment.split(" ", 1)[0])
+        return m.group(1) if m else None
+
+    @property
+    def attachment_hash(self) -> str | None:
+        m = _TAG.match(self.comment.split(" ", 1)[0])
+        return m.group(2) if m else None
+
+    @property
+    def words(self) -> list[str]:
+        """The comment's words after the tag."""
+        return self.comment.split()[1:]
+
+    @property
+    def facts(self) -> frozenset:
+        return facts_of(self.expr)
+
+
+def facts_of(expr) -> frozenset:
+    """A rule's expressions as comparable facts: (left, op, right) for matches, (statement, args)."""
+    out = set()
+    for item in expr:
+        (kind, body), = item.items()
+        if kind == "match":
+            out.add((_left(body["left"]), body["op"], _right(body["right"])))
+        else:
+            out.add(statement(kind, body))
+    return frozenset(out)
+
+
+def match(left: str, op: str, right) -> tuple:
+    """The fact a match we write lists as, e.g. match("ip daddr", "!=", "10.1.0.0/24")."""
+    return (left, op, _right(right))
+
+
+def statement(kind: str, body=None) -> tuple:
+    if isinstance(body, dict):
+        body = tuple(sorted((k, _right(v)) for k, v in body.items()))
+    return (kind, body)
+
+
+def _left(left: dict) -> str:
+    (kind, body), = left.items()
+    if kind == "payload":
+        return f"{body['protocol']} {body['field']}"
+    if kind in ("meta", "ct"):
+        return f"{kind} {body['key']}"
+    return json.dumps(left, sort_keys=True)
+
+
+def _right(value):
+    if isinstance(value, dict) and "prefix" in value:
+        value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    if isinstance(value, dict) and "set" in value:
+        return tuple(sorted(str(_right(v)) for v in value["set"]))
+    if isinstance(value, str) and ("." in value or ":" in value):
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return value
+        return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+# ---- scripts ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BaseChain:
+    """A chain attached to a netfilter hook."""
+    type: str        # filter, nat
+    hook: str        # prerouting, input, output, postrouting, forward
+    priority: int
+
+
+class Script:
+    """An nft script for one table, applied as one transaction."""
+
+    def __init__(self, table: str, family: str = FAMILY):
+        self.table = table
+        self.family = family
+        self.lines: list[str] = []
+
+    def __bool__(self):
+        return bool(self.lines)
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+    def add_table(self):
+        self.lines.append(f"add table {self.family} {self.table}")
+
+    def delete_table(self):
+        self.lines.append(f"delete table {self.family} {self.table}")
+
+    def add_chain(self, name: str, base: BaseChain | None = None):
+        spec = (f" {{ type {base.type} hook {base.hook} priority {base.priority}; policy accept; }}"
+                if base else "")
+        self.lines.append(f"add chain {self.family} {self.table} {name}{spec}")
+
+    def flush_chain(self, name: str):
+        self.lines.append(f"flush chain {self.family} {self.table} {name}")
+
+    def add_rule(self, chain: str, rule: str, rule_comment: str | None = None):
+        if "\n" in rule or ";" in rule:
+            raise ValueError(f"one rule expected, got {rule!r}")
+        suffix = f' comment "{rule_comment}"' if rule_comment else ""
+        self.lines.append(f"add rule {self.family} {self.table} {chain} {rule}{suffix}")
+
+    def delete_rule(self, rule: Rule):
+        self.lines.append(f"delete rule {self.family} {self.table} {rule.chain} handle {rule.handle}")
+
+
+# ---- one table ----------------------------------------------------------------------------------
+
+class NftError(CNIError):
+    """nft refused a script or a listing; `stderr` holds its own words."""
+
+    def __init__(self, msg: str, stderr: str):
+        super().__init__(KERNEL_FAILURE, msg, stderr.strip())
+        self.stderr = stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    exists: bool
+    chains: frozenset
+    rules: tuple
+
+    def tagged(self, rule_tag: str, chains=None) -> list[Rule]:
+        return [r for r in self.rules if r.tag == rule_tag and (chains is None or r.chain in chains)]
+
+    def of_network(self, net_hash: str, chains=None) -> list[Rule]:
+        return [r for r in self.rules if r.network_hash == net_hash and (chains is None or r.chain in chains)]
+
+    def in_chain(self, chain: str) -> list[Rule]:
+        return [r for r in self.rules if r.chain == chain]
+
+    def survivors(self, doomed) -> list[Rule]:
+        """The tagged rules that remain once `doomed` are deleted."""
+        handles = {r.handle for r in doomed}
+        return [r for r in self.rules if r.tag and r.handle not in handles]
+
+
+class Table:
+    def __init__(self, name: str, family: str = FAMILY):
+        self.name = name
+        self.family = family
+
+    def script(self) -> Script:
+        return Script(self.name, self.family)
+
+    def list(self) -> Listing:
+        """The table's chains and rules (with handles), or an empty listing when it is absent."""
+        proc = _nft(["-j", "list", "table", self.family, self.name])
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return Listing(False, frozenset(), ())
+            raise NftError(f"cannot list nftables table {self.family} {self.name}", proc.stderr)
+        chains, rules = set(), []
+        for item in json.loads(proc.stdout).get("nftables", []):
+            if "chain" in item:
+                chains.add(item["chain"]["name"])
+            elif "rule" in item:
+                r = item["rule"]
+                rules.append(Rule(r["chain"], r["handle"], r.get("comment", ""), tuple(r.get("expr", ()))))
+        return Listing(True, frozenset(chains), tuple(rules))
+
+    def apply(self, script: Script, check_only: bool = False):
+        """Run the script as one atomic transaction (or only check it, with `check_only`)."""
+        if not script:
+            return
+        proc = _nft(["-c", "-f", "-"] if check_only else ["-f", "-"], script.text())
+        if proc.returncode != 0:
+            raise NftError(f"nftables transaction on table {self.family} {self.name} failed", proc.stderr)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Serialise read-modify-write of this table among plugin processes of this netns."""
+        os.makedirs(LOCK_DIR, exist_ok=True)
+        netns = os.stat("/proc/self/ns/net").st_ino
+        path = os.path.join(LOCK_DIR, f"nft-{netns}-{self.family}-{self.name}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def remove(self, rules, listing: Listing, script: Script | None = None) -> Script:
+        """A script deleting `rules`; the whole table goes when no tagged rule would remain."""
+        script = script or self.script()
+        if listing.exists and not listing.survivors(rules):
+            script.delete_table()
+        else:
+            for rule in rules:
+                script.delete_rule(rule)
+        return script
+
+
+def _nft(args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([NFT, *args], input=stdin, capture_output=True, text=True,
+                              timeout=EXEC_TIMEOUT)
+    except FileNotFoundError:
+        raise NftError("the nft command is not installed", f"{NFT} not found on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise NftError("nft did not answer in time", f"{' '.join(args)}: over {EXEC_TIMEOUT}s") from None
+
+
+# ---- IP masquerade (the main plugins' ipMasq) -----------------------------------------------------
+
+MASQ_TABLE = Table("podplumb-masq")
+MASQ_CHAIN = "postrouting"
+_MASQ_BASE = BaseChain("nat", "postrouting", 100)
+_MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+
+
+def _masq_rules(addresses) -> list[tuple[str, frozenset]]:
+    """(nft rule text, facts it lists as) for each container address."""
+    out = []
+    for address in addresses:
+        iface = ipaddress.ip_interface(address)
+        proto = "ip" if iface.version == 4 else "ip6"
+        nfproto = "ipv4" if iface.version == 4 else "ipv6"
+        subnet, multicast = str(iface.network), _MULTICAST[iface.version]
+        text = (f"meta nfproto {nfproto} {proto} saddr {iface.ip} {proto} daddr != {subnet} "
+                f"{proto} daddr != {multicast} masquerade")
+        facts = frozenset({match(f"{proto} saddr", "==", str(iface.ip)),
+                           match(f"{proto} daddr", "!=", subnet),
+                           match(f"{proto} daddr", "!=", multicast),
+                           statement("masquerade")})
+        out.append((text, facts))
+    return out
+
+
+def ensure_masquerade(network: str, container_id: str, ifname: str, addresses: list[str]) -> None:
+    """Masquerade traffic from each address to anything outside its subnet (and not multicast).
+    Re-running replaces this container's rules in the same transaction."""
+    wanted = _masq_rules(addresses)
+    rule_tag = tag(network, container_id, ifname)
+    with MASQ_TABLE.lock():
+        listing = MASQ_TABLE.list()
+        script = MASQ_TABLE.script()
+        script.add_table()
+        script.add_chain(MASQ_CHAIN, _MASQ_BASE)
+        for old in listing.tagged(rule_tag, {MASQ_CHAIN}):
+            script.delete_rule(old)
+        for text, _ in wanted:
+            script.add_rule(MASQ_CHAIN, text, comment(rule_tag, f"{container_id}/{ifname}"))
+        MASQ_TABLE.apply(script)
+
+
+def remove_masquerade(network: str, container_id: str, ifname: str) -> None:
+    rule_tag = tag(network, container_id, ifname)
+    with MASQ_TABLE.lock():
+        listing = MASQ_TABLE.list()
+        doomed = listing.tagged(rule_tag)
+        if doomed:
+            MASQ_TABLE.apply(MASQ_TABLE.remove(doomed, listing))
+
+
+def masquerade_present(network: str, container_id: str, ifname: str, addresses: list[str]) -> bool:
+    """True when this container's masquerade rules are exactly those `ensure_masquerade` makes."""
+    listing = MASQ_TABLE.list()
+    actual = sorted((r.facts for r in listing.tagged(tag(network, container_id, ifname), {MASQ_CHAIN})),
+                    key=sorted)
+    wanted = sorted((facts for _, facts in _masq_rules(addresses)), key=sorted)
+    return actual == wanted
+
+
+def gc_masquerade(network: str, valid: set[tuple[str, str]]) -> None:
+    """Remove this network's masquerade rules whose (container ID, ifname) is not in `valid`."""
+    keep = {attachment_hash(network, cid, ifname) for cid, ifname in valid}
+    with MASQ_TABLE.lock():
+        listing = MASQ_TABLE.list()
+        doomed = [r for r in listing.of_network(network_hash(network)) if r.attachment_hash not in keep]
+        if doomed:
+            MASQ_TABLE.apply(MASQ_TABLE.remove(doomed, listing))

@@ -1,0 +1,52 @@
+"""route_localnet: lets packets from 127.0.0.0/8, once DNAT'ed to a container, leave through the
+host interface that routes to it (and their replies come back). IPv4 only: IPv6 has no equivalent."""
+
+import json
+import logging
+import os
+import re
+import subprocess
+
+LOG = logging.getLogger("podplumb")
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,15}$")
+
+
+def route_interface(address: str) -> str | None:
+    """The interface this (host) namespace routes `address` through, None if unknown."""
+    try:
+        proc = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True, timeout=10)
+        dev = json.loads(proc.stdout)[0].get("dev") if proc.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+        LOG.warning("portmap: cannot find the interface routing to %s: %s", address, e)
+        return None
+    if dev and not _SAFE_NAME.match(dev):
+        LOG.warning("portmap: not enabling route_localnet on oddly named interface %r", dev)
+        return None
+    return dev
+
+
+def _path(ifname: str) -> str:
+    return f"/proc/sys/net/ipv4/conf/{ifname}/route_localnet"
+
+
+def enabled(ifname: str) -> bool:
+    try:
+        with open(_path(ifname)) as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return False
+
+
+def set_enabled(ifname: str, on: bool):
+    with open(_path(ifname), "w") as f:
+        f.write("1" if on else "0")
+
+
+def reset(ifname: str):
+    """Turn route_localnet off again; the interface may be gone already."""
+    if os.path.exists(_path(ifname)):
+        try:
+            set_enabled(ifname, False)
+        except OSError as e:
+            LOG.warning("portmap: cannot turn route_localnet off on %s: %s", ifname, e)

@@ -1,0 +1,196 @@
+"""cni.nftables: tags, scripts, facts; the masquerade API against a real kernel in a throwaway netns."""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cni import nftables
+from cni.nftables import BaseChain, Listing, Rule, Script, facts_of, match, statement
+from tests import kernel
+
+
+# ---- tags -----------------------------------------------------------------------------------------
+
+def test_tag_shape_and_stability():
+    tag = nftables.tag("mynet", "abc123", "eth0")
+    assert re.fullmatch(r"pp:[0-9a-f]{8}:[0-9a-f]{16}", tag)
+    assert tag == nftables.tag("mynet", "abc123", "eth0")
+    assert tag.split(":")[1] == nftables.network_hash("mynet")
+    assert tag.split(":")[2] == nftables.attachment_hash("mynet", "abc123", "eth0")
+
+
+def test_tag_differs_per_attachment_but_shares_the_network_hash():
+    tags = {nftables.tag("mynet", "abc", "eth0"), nftables.tag("mynet", "abc", "eth1"),
+            nftables.tag("mynet", "abd", "eth0"), nftables.tag("other", "abc", "eth0")}
+    assert len(tags) == 4
+    assert nftables.tag("mynet", "abc", "eth0")[:11] == nftables.tag("mynet", "xyz", "net1")[:11]
+    # no ambiguity from concatenation
+    assert nftables.attachment_hash("n", "ab", "c") != nftables.attachment_hash("n", "a", "bc")
+
+
+def test_comment_is_safe_and_short():
+    tag = nftables.tag("n", "c", "i")
+    text = nftables.comment(tag, 'evil"; flush ruleset', "x" * 200)
+    assert text.startswith(tag + " ")
+    assert '"' not in text and ";" not in text and " flush" not in text.split(" ", 2)[1]
+    assert len(text) == nftables.COMMENT_LIMIT
+
+
+def test_rule_reads_its_tag():
+    tag = nftables.tag("n", "c", "i")
+    rule = Rule("postrouting", 7, f"{tag} c/i", ())
+    assert rule.tag == tag and rule.words == ["c/i"]
+    assert rule.network_hash == nftables.network_hash("n")
+    assert rule.attachment_hash == nftables.attachment_hash("n", "c", "i")
+    assert Rule("x", 1, "route_localnet br0", ()).tag is None
+    assert Rule("x", 1, "", ()).tag is None
+
+
+# ---- scripts and facts ----------------------------------------------------------------------------
+
+def test_script_text():
+    script = Script("podplumb-test")
+    assert not script
+    script.add_table()
+    script.add_chain("dnat")
+    script.add_chain("post", BaseChain("nat", "postrouting", 100))
+    script.flush_chain("post")
+    script.add_rule("post", "ip saddr 10.0.0.5 masquerade", "pp:0:1 c/i")
+    script.delete_rule(Rule("post", 42, "", ()))
+    script.delete_table()
+    assert script.text() == textwrap.dedent("""\
+        add table inet podplumb-test
+        add chain inet podplumb-test dnat
+        add chain inet podplumb-test post { type nat hook postrouting priority 100; policy accept; }
+        flush chain inet podplumb-test post
+        add rule inet podplumb-test post ip saddr 10.0.0.5 masquerade comment "pp:0:1 c/i"
+        delete rule inet podplumb-test post handle 42
+        delete table inet podplumb-test
+        """)
+
+
+def test_script_refuses_more_than_one_rule():
+    with pytest.raises(ValueError):
+        Script("t").add_rule("c", "accept; flush ruleset")
+
+
+def test_facts_normalise_what_nft_lists():
+    listed = [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"prefix": {"addr": "10.1.0.0", "len": 24}}}},
+        {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                   "right": "fd00:0:0::5"}},
+        {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+        {"dnat": {"family": "ip", "addr": "10.1.0.5", "port": 80}},
+        {"masquerade": None},
+    ]
+    assert facts_of(listed) == {
+        match("ip saddr", "==", "10.1.0.0/24"),
+        match("ip6 daddr", "!=", "fd00::5"),
+        match("ct status", "in", "dnat"),
+        statement("dnat", {"family": "ip", "addr": "10.1.0.5", "port": 80}),
+        statement("masquerade"),
+    }
+    # a full-length prefix lists as a plain address
+    assert match("ip daddr", "!=", "10.1.0.5/32") == match("ip daddr", "!=", "10.1.0.5")
+
+
+def test_listing_survivors_and_removal_script():
+    t1, t2 = nftables.tag("n", "a", "eth0"), nftables.tag("n", "b", "eth0")
+    rules = (Rule("post", 1, t1, ()), Rule("post", 2, t2, ()), Rule("pre", 3, "", ()))
+    listing = Listing(True, frozenset({"post", "pre"}), rules)
+    table = nftables.Table("t")
+    assert table.remove(listing.tagged(t1), listing).text() == "delete rule inet t post handle 1\n"
+    # the last tagged rule gone: the table goes too (untagged fixed rules do not keep it)
+    assert table.remove(listing.in_chain("post"), listing).text() == "delete table inet t\n"
+
+
+# ---- the masquerade API, for real -------------------------------------------------------------------
+
+def _in_netns(ns: str, code: str):
+    """Run `code` (which may use cni.nftables as `nft`) inside `ns`; return what it prints, as JSON."""
+    program = "import json, sys\nfrom cni import nftables as nft\n" + textwrap.dedent(code)
+    proc = kernel.sh(sys.executable, "-c", program, ns=ns, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def _masq_lines(ns: str) -> list[str]:
+    proc = kernel.sh("nft", "list", "chain", "inet", "podplumb-masq", "postrouting", ns=ns, check=False)
+    return [line.strip() for line in proc.stdout.splitlines() if "masquerade" in line]
+
+
+@pytest.fixture
+def scratch_ns(netns):
+    if subprocess.run(["which", "nft"], capture_output=True).returncode != 0:
+        pytest.skip("nft missing")
+    return netns("ppnft")
+
+
+def test_masquerade_ensure_present_remove_gc(scratch_ns):
+    ns = scratch_ns
+    addresses = ["10.1.0.5/24", "fd00:1::5/64"]
+    _in_netns(ns, f"""
+        nft.ensure_masquerade("net1", "c1", "eth0", {addresses!r})
+        nft.ensure_masquerade("net1", "c1", "eth0", {addresses!r})        # idempotent
+        nft.ensure_masquerade("net1", "c2", "eth0", ["10.1.0.6/24"])
+        nft.ensure_masquerade("net2", "c9", "eth0", ["10.2.0.9/24"])
+    """)
+    lines = _masq_lines(ns)
+    assert len(lines) == 4
+    assert any("ip saddr 10.1.0.5 ip daddr != 10.1.0.0/24 ip daddr != 224.0.0.0/4 masquerade" in l for l in lines)
+    assert any("ip6 saddr fd00:1::5 ip6 daddr != fd00:1::/64 ip6 daddr != ff00::/8 masquerade" in l for l in lines)
+    assert _in_netns(ns, f"""
+        print(json.dumps([nft.masquerade_present("net1", "c1", "eth0", {addresses!r}),
+                          nft.masquerade_present("net1", "c1", "eth0", ["10.1.0.5/24"]),
+                          nft.masquerade_present("net1", "c1", "eth1", {addresses!r}),
+                          nft.masquerade_present("net1", "c2", "eth0", ["10.1.0.7/24"])]))
+    """) == [True, False, False, False]
+    _in_netns(ns, """
+        nft.remove_masquerade("net1", "c1", "eth0")
+        nft.remove_masquerade("net1", "c1", "eth0")                      # twice is fine
+        nft.gc_masquerade("net1", {("c3", "eth0")})                      # c2 is not valid
+    """)
+    lines = _masq_lines(ns)
+    assert len(lines) == 1 and "10.2.0.9" in lines[0]                    # net2 untouched by net1's GC
+    _in_netns(ns, 'nft.gc_masquerade("net2", set())')
+    assert kernel.sh("nft", "list", "ruleset", ns=ns).stdout.strip() == ""
+
+
+def test_masquerade_functions_are_fine_without_a_table(scratch_ns):
+    assert _in_netns(scratch_ns, """
+        nft.remove_masquerade("net1", "c1", "eth0")
+        nft.gc_masquerade("net1", set())
+        print(json.dumps(nft.masquerade_present("net1", "c1", "eth0", ["10.1.0.5/24"])))
+    """) is False
+
+
+def test_masquerade_leaves_other_tables_alone(scratch_ns):
+    kernel.sh("nft", "-f", "-", ns=scratch_ns, input=textwrap.dedent("""\
+        table ip firewall {
+            chain post { type nat hook postrouting priority 100; policy accept; oifname "lo" accept; }
+        }
+        """))
+    _in_netns(scratch_ns, """
+        nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.5/24"])
+        nft.remove_masquerade("net1", "c1", "eth0")
+    """)
+    ruleset = kernel.sh("nft", "list", "ruleset", ns=scratch_ns).stdout
+    assert "table ip firewall" in ruleset and "podplumb" not in ruleset
+
+
+def test_importing_is_cheap():
+    proc = subprocess.run([sys.executable, "-c", "import sys, cni.nftables; print('pyroute2' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+
+
+def test_listing_a_missing_table_is_empty(scratch_ns):
+    assert _in_netns(scratch_ns, """
+        listing = nft.Table("podplumb-none").list()
+        print(json.dumps([listing.exists, list(listing.rules)]))
+    """) == [False, []]
