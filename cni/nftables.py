@@ -257,15 +257,46 @@ class Table:
         finally:
             os.close(fd)
 
-    def remove(self, rules, listing: Listing, script: Script | None = None) -> Script:
-        """A script deleting `rules`; the whole table goes when no tagged rule would remain."""
-        script = script or self.script()
-        if listing.exists and not listing.survivors(rules):
-            script.delete_table()
-        else:
-            for rule in rules:
-                script.delete_rule(rule)
-        return script
+    def replace_tagged(self, rule_tag: str, chain: str, base: BaseChain, rules: "list[tuple[str, str]]"):
+        """Make `rules` ((text, comment) pairs) the only rules carrying `rule_tag`, in one transaction."""
+        with self.lock():
+            listing = self.list()
+            script = self.script()
+            script.add_table()
+            script.add_chain(chain, base)
+            for old in listing.tagged(rule_tag):
+                script.delete_rule(old)
+            for text, rule_comment in rules:
+                script.add_rule(chain, text, rule_comment)
+            self.apply(script)
+
+    def delete_rules(self, select) -> tuple[Listing, bool]:
+        """Delete the rules `select(listing)` picks, in one transaction. The whole table goes when
+        no tagged rule would remain (also when there was none left to delete). Returns the listing
+        read before, and whether the table was dropped."""
+        with self.lock():
+            listing = self.list()
+            doomed = select(listing)
+            if not listing.exists:
+                return listing, False
+            script = self.script()
+            dropping = not listing.survivors(doomed)
+            if dropping:
+                script.delete_table()
+            else:
+                for rule in doomed:
+                    script.delete_rule(rule)
+            self.apply(script)
+            return listing, dropping
+
+    def delete_tagged(self, rule_tag: str) -> tuple[Listing, bool]:
+        return self.delete_rules(lambda listing: listing.tagged(rule_tag))
+
+    def delete_network_except(self, network: str, valid: set) -> tuple[Listing, bool]:
+        """GC: delete `network`'s rules whose (container ID, ifname) is not in `valid`."""
+        keep = {attachment_hash(network, cid, ifname) for cid, ifname in valid}
+        return self.delete_rules(lambda listing: [r for r in listing.of_network(network_hash(network))
+                                                  if r.attachment_hash not in keep])
 
 
 def _nft(args, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -307,27 +338,13 @@ def _masq_rules(addresses) -> list[tuple[str, frozenset]]:
 def ensure_masquerade(network: str, container_id: str, ifname: str, addresses: list[str]) -> None:
     """Masquerade traffic from each address to anything outside its subnet (and not multicast).
     Re-running replaces this container's rules in the same transaction."""
-    wanted = _masq_rules(addresses)
     rule_tag = tag(network, container_id, ifname)
-    with MASQ_TABLE.lock():
-        listing = MASQ_TABLE.list()
-        script = MASQ_TABLE.script()
-        script.add_table()
-        script.add_chain(MASQ_CHAIN, _MASQ_BASE)
-        for old in listing.tagged(rule_tag, {MASQ_CHAIN}):
-            script.delete_rule(old)
-        for text, _ in wanted:
-            script.add_rule(MASQ_CHAIN, text, comment(rule_tag, f"{container_id}/{ifname}"))
-        MASQ_TABLE.apply(script)
+    note = comment(rule_tag, f"{container_id}/{ifname}")
+    MASQ_TABLE.replace_tagged(rule_tag, MASQ_CHAIN, _MASQ_BASE, [(text, note) for text, _ in _masq_rules(addresses)])
 
 
 def remove_masquerade(network: str, container_id: str, ifname: str) -> None:
-    rule_tag = tag(network, container_id, ifname)
-    with MASQ_TABLE.lock():
-        listing = MASQ_TABLE.list()
-        doomed = listing.tagged(rule_tag)
-        if doomed:
-            MASQ_TABLE.apply(MASQ_TABLE.remove(doomed, listing))
+    MASQ_TABLE.delete_tagged(tag(network, container_id, ifname))
 
 
 def masquerade_present(network: str, container_id: str, ifname: str, addresses: list[str]) -> bool:
@@ -341,9 +358,4 @@ def masquerade_present(network: str, container_id: str, ifname: str, addresses: 
 
 def gc_masquerade(network: str, valid: set[tuple[str, str]]) -> None:
     """Remove this network's masquerade rules whose (container ID, ifname) is not in `valid`."""
-    keep = {attachment_hash(network, cid, ifname) for cid, ifname in valid}
-    with MASQ_TABLE.lock():
-        listing = MASQ_TABLE.list()
-        doomed = [r for r in listing.of_network(network_hash(network)) if r.attachment_hash not in keep]
-        if doomed:
-            MASQ_TABLE.apply(MASQ_TABLE.remove(doomed, listing))
+    MASQ_TABLE.delete_network_except(network, valid)

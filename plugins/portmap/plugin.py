@@ -42,10 +42,7 @@ def add(request: skel.Request) -> dict:
 
 
 def delete(request: skel.Request) -> None:
-    tag = nftables.tag(request.network, request.container_id, request.ifname)
-    with TABLE.lock():
-        listing = TABLE.list()
-        _remove(listing, listing.tagged(tag))
+    _after_removal(*TABLE.delete_tagged(nftables.tag(request.network, request.container_id, request.ifname)))
 
 
 def check(request: skel.Request) -> None:
@@ -75,13 +72,8 @@ def gc(request: skel.Request) -> None:
     valid = request.config.get("cni.dev/valid-attachments") or []
     if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
         raise config_error("cni.dev/valid-attachments must be a list of objects", f"got {valid!r}")
-    keep = {nftables.attachment_hash(request.network, a.get("containerID", ""), a.get("ifname", ""))
-            for a in valid}
-    with TABLE.lock():
-        listing = TABLE.list()
-        doomed = [r for r in listing.of_network(nftables.network_hash(request.network))
-                  if r.attachment_hash not in keep]
-        _remove(listing, doomed)
+    keep = {(a.get("containerID", ""), a.get("ifname", "")) for a in valid}
+    _after_removal(*TABLE.delete_network_except(request.network, keep))
 
 
 def status(request: skel.Request) -> None:
@@ -121,19 +113,14 @@ def _enable_localnet(ifname: str, tag: str):
     try:
         localnet.set_enabled(ifname, True)
     except OSError as e:
-        listing = TABLE.list()
-        _remove(listing, listing.tagged(tag))
+        _after_removal(*TABLE.delete_tagged(tag))
         raise CNIError(IO_FAILURE, f"portmap: cannot turn route_localnet on for {ifname}", str(e)) from None
     LOG.info("portmap: turned route_localnet on for %s (localhost host ports)", ifname)
 
 
-def _remove(listing: nftables.Listing, doomed):
-    """Delete `doomed`; when no container rule is left, drop the table and undo route_localnet."""
-    if not doomed:
-        return
-    dropping = not listing.survivors(doomed)
-    TABLE.apply(TABLE.remove(doomed, listing))
-    if dropping:
+def _after_removal(listing: nftables.Listing, table_dropped: bool):
+    """With the last container's rules gone, route_localnet goes back off where we turned it on."""
+    if table_dropped:
         for ifname in rules.guarded_interfaces(listing):
             localnet.reset(ifname)
 

@@ -99,16 +99,6 @@ def test_facts_normalise_what_nft_lists():
     assert match("ip daddr", "!=", "10.1.0.5/32") == match("ip daddr", "!=", "10.1.0.5")
 
 
-def test_listing_survivors_and_removal_script():
-    t1, t2 = nftables.tag("n", "a", "eth0"), nftables.tag("n", "b", "eth0")
-    rules = (Rule("post", 1, t1, ()), Rule("post", 2, t2, ()), Rule("pre", 3, "", ()))
-    listing = Listing(True, frozenset({"post", "pre"}), rules)
-    table = nftables.Table("t")
-    assert table.remove(listing.tagged(t1), listing).text() == "delete rule inet t post handle 1\n"
-    # the last tagged rule gone: the table goes too (untagged fixed rules do not keep it)
-    assert table.remove(listing.in_chain("post"), listing).text() == "delete table inet t\n"
-
-
 # ---- the masquerade API, for real -------------------------------------------------------------------
 
 def _in_netns(ns: str, code: str):
@@ -194,3 +184,26 @@ def test_listing_a_missing_table_is_empty(scratch_ns):
         listing = nft.Table("podplumb-none").list()
         print(json.dumps([listing.exists, list(listing.rules)]))
     """) == [False, []]
+
+
+def test_delete_rules_drops_the_table_with_its_last_tagged_rule(scratch_ns):
+    """Partial removal deletes by handle; the last tagged rule takes the table with it, and so does
+    a removal that finds a table left with no tagged rule at all (rules flushed by hand)."""
+    out = _in_netns(scratch_ns, """
+        table = nft.Table("pp-test")
+        base = nft.BaseChain("filter", "input", 0)
+        t1, t2 = nft.tag("n", "a", "eth0"), nft.tag("n", "b", "eth0")
+        table.replace_tagged(t1, "input", base, [("meta mark 1 accept", t1)])
+        table.replace_tagged(t2, "input", base, [("meta mark 2 accept", t2)])
+        steps = [len(table.list().rules)]
+        steps.append(table.delete_tagged(t1)[1])
+        steps.append(len(table.list().rules))
+        steps.append(table.delete_tagged(t2)[1])
+        steps.append(table.list().exists)
+        table.replace_tagged(t1, "input", base, [("meta mark 1 accept", t1)])
+        nft._nft(["flush", "chain", "inet", "pp-test", "input"])
+        steps.append(table.delete_tagged(t1)[1])
+        steps.append(table.list().exists)
+        print(json.dumps(steps))
+    """)
+    assert out == [2, False, 1, True, False, True, False]
