@@ -1,0 +1,7 @@
+"""One backend per volume kind; each turns a volume's path into storage on this node."""
+
+from csi.backends.bind import BindBackend
+from csi.backends.loop import LoopBackend
+
+BACKENDS = {"bind": BindBackend(), "loop": LoopBackend()}
+

@@ -1,0 +1,101 @@
+"""Run the driver as a child process and talk to it: for the demo and the tests."""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+from csi import mounts
+from csi.v1 import csi_pb2, csi_pb2_grpc
+
+
+class DriverProcess:
+    """`python -m csi.server` on a socket, with stubs for its three services."""
+
+    def __init__(self, state_dir, socket_path, node_id="node-1", args=(), stderr=None):
+        self.state_dir = state_dir
+        self.socket_path = socket_path
+        self.node_id = node_id
+        self.args = list(args)
+        self.stderr = stderr          # a file object, or None to inherit
+        self.process = None
+        self.channel = None
+
+    def start(self, timeout=20):
+        argv = [sys.executable, "-m", "csi.server", "--endpoint", "unix://" + self.socket_path,
+                "--node-id", self.node_id, "--state-dir", self.state_dir, *self.args]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=self.stderr)
+        self.channel = grpc.insecure_channel("unix://" + self.socket_path)
+        self.identity = csi_pb2_grpc.IdentityStub(self.channel)
+        self.controller = csi_pb2_grpc.ControllerStub(self.channel)
+        self.node = csi_pb2_grpc.NodeStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"driver exited with {self.process.returncode}")
+            try:
+                if os.path.exists(self.socket_path) and \
+                        self.identity.Probe(csi_pb2.ProbeRequest(), timeout=2).ready.value:
+                    return self
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError("driver did not become ready")
+            time.sleep(0.05)
+
+    def _close_channel(self):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def stop(self, timeout=20):
+        """SIGTERM and wait; returns the exit code."""
+        self._close_channel()
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def kill(self):
+        """SIGKILL, as a crash would."""
+        self._close_channel()
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        return self.process.returncode if self.process else 0
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@contextlib.contextmanager
+def temporary_driver(prefix="podplumb-csi-", args=(), stderr=None):
+    """A driver on a fresh temp dir; on exit, stop it and leave nothing behind:
+    no mount, no loop device, no file - even when the body failed."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    driver = DriverProcess(os.path.join(root, "state"), os.path.join(root, "csi.sock"),
+                           args=args, stderr=stderr)
+    driver.root = root
+    try:
+        driver.start()
+        yield driver
+    finally:
+        try:
+            driver.stop()
+        finally:
+            mounts.release_under(root)
+            shutil.rmtree(root, ignore_errors=True)

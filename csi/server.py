@@ -1,0 +1,166 @@
+"""`python -m csi.server` / `podplumb csi`: serve Identity, Controller and Node on a unix socket."""
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from csi.controller import ControllerService
+from csi.driver import DEFAULT_NAME, Config, Driver
+from csi.identity import IdentityService
+from csi.node import NodeService
+from csi.reconcile import reconcile
+from csi.v1 import csi_pb2_grpc
+
+log = logging.getLogger("csi")
+
+STOP_GRACE_SECONDS = 10
+WORKERS = 16
+# Request fields worth a log line: identifiers and paths, never secrets or contexts.
+LOGGED_FIELDS = ("volume_id", "source_volume_id", "snapshot_id", "name",
+                 "staging_target_path", "target_path", "volume_path")
+_SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text):
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    suffix = text[-1:] if text[-1:] in _SIZE_SUFFIX else ""
+    try:
+        value = int(text[: len(text) - len(suffix)]) * _SIZE_SUFFIX[suffix]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("size must not be negative")
+    return value
+
+
+def socket_path(endpoint):
+    for prefix in ("unix://", "unix:"):
+        if endpoint.startswith(prefix):
+            path = endpoint[len(prefix):]
+            if os.path.isabs(path):
+                return os.path.normpath(path)
+    raise ValueError(f"endpoint must be unix:///absolute/path, not {endpoint!r}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="podplumb csi", description=__doc__)
+    p.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT"),
+                   help="unix:///path/to/csi.sock (default: $CSI_ENDPOINT)")
+    p.add_argument("--node-id", default=os.environ.get("NODE_ID") or socket.gethostname())
+    p.add_argument("--state-dir", default="/var/lib/podplumb/csi")
+    p.add_argument("--capacity", type=parse_size, default=0,
+                   help="bytes to provision in total (default: free space of the state dir)")
+    p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--max-volumes", type=int, default=0, help="max_volumes_per_node (0: no limit)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    if not args.endpoint:
+        p.error("--endpoint or $CSI_ENDPOINT is required")
+    try:
+        args.socket = socket_path(args.endpoint)
+    except ValueError as e:
+        p.error(str(e))
+    if args.max_volumes < 0:
+        p.error("--max-volumes must not be negative")
+    return args
+
+
+class LoggingInterceptor(grpc.ServerInterceptor):
+    """One stderr line per RPC: method, IDs, status code, duration."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def logged(request, context):
+            start = time.monotonic()
+            code = grpc.StatusCode.OK
+            try:
+                return inner(request, context)
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                ids = " ".join(f"{f}={getattr(request, f)}" for f in LOGGED_FIELDS
+                               if f in request.DESCRIPTOR.fields_by_name and getattr(request, f))
+                took = (time.monotonic() - start) * 1000
+                details = context.details() or b""
+                if isinstance(details, bytes):
+                    details = details.decode(errors="replace")
+                extra = f" ({details})" if code != grpc.StatusCode.OK else ""
+                log.info("%s %s -> %s%s in %.1f ms", method, ids, code.name, extra, took)
+
+        return grpc.unary_unary_rpc_method_handler(
+            logged, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+def _prepare_socket(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise RuntimeError(f"{path} exists and is not a socket")
+        os.unlink(path)
+
+
+def serve(args):
+    driver = Driver(Config(node_id=args.node_id, state_dir=args.state_dir, name=args.name,
+                           capacity=args.capacity, max_volumes=args.max_volumes))
+    reconcile(driver)
+    server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS),
+                         interceptors=[LoggingInterceptor()])
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(driver), server)
+    csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(driver), server)
+    csi_pb2_grpc.add_NodeServicer_to_server(NodeService(driver), server)
+    _prepare_socket(args.socket)
+    old_umask = os.umask(0o177)          # the socket is born 0600
+    try:
+        server.add_insecure_port("unix://" + args.socket)
+        server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(args.socket, 0o600)
+    log.info("serving %s as %s on node %s, state in %s", args.endpoint, args.name,
+             args.node_id, args.state_dir)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    log.info("stopping")
+    server.stop(STOP_GRACE_SECONDS).wait()
+    if os.path.lexists(args.socket):
+        os.unlink(args.socket)
+    return 0
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return serve(args)
+    except Exception:
+        log.exception("the CSI driver failed")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
