@@ -23,7 +23,6 @@ from cni.errors import CNIError, KERNEL_FAILURE
 
 FAMILY = "inet"
 NFT = "nft"
-LOCK_DIR = "/run/podplumb/lock"
 COMMENT_LIMIT = 128          # nft refuses longer comments
 EXEC_TIMEOUT = 30
 
@@ -246,11 +245,9 @@ class Table:
 
     @contextlib.contextmanager
     def lock(self):
-        """Serialise read-modify-write of this table among plugin processes of this netns."""
-        os.makedirs(LOCK_DIR, exist_ok=True)
-        netns = os.stat("/proc/self/ns/net").st_ino
-        path = os.path.join(LOCK_DIR, f"nft-{netns}-{self.family}-{self.name}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Serialise read-modify-write of our tables among the plugin processes of this netns.
+        The lock is the namespace's own nsfs inode: one per namespace, and no file left behind."""
+        fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -36,8 +36,8 @@ def add(request: skel.Request) -> dict:
         if localnet_ifname and localnet_ifname not in rules.guarded_interfaces(listing):
             script.add_rule(rules.GUARD, *rules.guard_rule(localnet_ifname))
         _apply(script, config)
-        if localnet_ifname:
-            _enable_localnet(localnet_ifname, tag)
+    if localnet_ifname:
+        _enable_localnet(localnet_ifname, tag)
     return config.prev_result
 
 
