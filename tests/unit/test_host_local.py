@@ -2,8 +2,6 @@
 
 import json
 import os
-import shutil
-import tempfile
 
 import pytest
 
@@ -14,25 +12,6 @@ from tests import kernel
 
 
 # ---- helpers shared by the other test_host_local* modules ----
-
-@pytest.fixture(scope="module")
-def netns_path():
-    """One throwaway namespace: the dispatcher wants CNI_NETNS to exist for ADD and CHECK."""
-    name = kernel.unique("pphl-", 15)
-    kernel.add_netns(name)
-    try:
-        yield kernel.netns_path(name)
-    finally:
-        kernel.del_netns(name)
-
-
-@pytest.fixture
-def data_dir():
-    path = tempfile.mkdtemp(prefix="pphl-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def network(data_dir, ipam=None, version="1.1.0", name="testnet", **extra) -> dict:

@@ -3,37 +3,20 @@ keep every address unique."""
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 
-import pytest
 
-from podplumb.install import install
-from tests.unit import test_host_local
 from tests.unit.test_host_local import files, leases, network
 
 PROCESSES = 32
-data_dir = test_host_local.data_dir        # fixtures
-netns_path = test_host_local.netns_path
 
 
-@pytest.fixture(scope="module")
-def bin_dir():
-    path = tempfile.mkdtemp(prefix="pphl-bin-")
-    try:
-        install(path)
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-def start(bin_dir, command, conf, container_id, netns=""):
+def start(cni_bin, command, conf, container_id, netns=""):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
-           "CNI_CONTAINERID": container_id, "CNI_IFNAME": "eth0", "CNI_PATH": bin_dir}
+           "CNI_CONTAINERID": container_id, "CNI_IFNAME": "eth0", "CNI_PATH": cni_bin}
     if netns:
         env["CNI_NETNS"] = netns
-    proc = subprocess.Popen([os.path.join(bin_dir, "host-local")], env=env, stdin=subprocess.PIPE,
+    proc = subprocess.Popen([os.path.join(cni_bin, "host-local")], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdin.write(json.dumps(conf).encode())
     proc.stdin.close()
@@ -49,9 +32,9 @@ def finish(proc) -> bytes:
     return out
 
 
-def test_concurrent_adds_get_distinct_addresses(bin_dir, data_dir, netns_path):
+def test_concurrent_adds_get_distinct_addresses(cni_bin, data_dir, netns_path):
     conf = network(data_dir, {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/64"}]]})
-    procs = [start(bin_dir, "ADD", conf, f"ctr{i}", netns_path) for i in range(PROCESSES)]
+    procs = [start(cni_bin, "ADD", conf, f"ctr{i}", netns_path) for i in range(PROCESSES)]
     results = {f"ctr{i}": json.loads(finish(p)) for i, p in enumerate(procs)}
     for family in (0, 1):
         got = {r["ips"][family]["address"] for r in results.values()}
@@ -63,14 +46,14 @@ def test_concurrent_adds_get_distinct_addresses(bin_dir, data_dir, netns_path):
             assert held[ip["address"].split("/")[0]] == f"{container_id}\r\neth0".encode()
     assert not [name for name in files(data_dir) if name.endswith(".podplumb-tmp")]
 
-    procs = [start(bin_dir, "DEL", conf, f"ctr{i}") for i in range(PROCESSES)]
+    procs = [start(cni_bin, "DEL", conf, f"ctr{i}") for i in range(PROCESSES)]
     assert all(finish(p) == b"" for p in procs)
     assert leases(data_dir) == {}
 
 
-def test_concurrent_adds_on_a_small_pool_never_oversubscribe(bin_dir, data_dir, netns_path):
+def test_concurrent_adds_on_a_small_pool_never_oversubscribe(cni_bin, data_dir, netns_path):
     conf = network(data_dir, {"subnet": "10.1.0.0/28"})   # 13 addresses: .2-.14 (.1 is the gateway)
-    procs = [start(bin_dir, "ADD", conf, f"ctr{i}", netns_path) for i in range(PROCESSES)]
+    procs = [start(cni_bin, "ADD", conf, f"ctr{i}", netns_path) for i in range(PROCESSES)]
     ok, exhausted = 0, 0
     for p in procs:
         out = json.loads(p.stdout.read())

@@ -5,12 +5,9 @@ import os
 import pytest
 
 from plugins.host_local import ranges
-from tests.unit import test_host_local
 from tests.unit.test_host_local import call, network
 
 R = "ranges"
-data_dir = test_host_local.data_dir        # fixtures
-netns_path = test_host_local.netns_path
 
 BAD_IPAM = [
     # (ipam, code, words the message must contain)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from cni import nftables
-from cni.nftables import BaseChain, Listing, Rule, Script, facts_of, match, statement
+from cni.nftables import BaseChain, Rule, Script, facts_of, match, statement
 from tests import kernel
 
 
