@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import ipaddress
+import json
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
     for i, p in enumerate(pods):
         net.delete(f"ctr{i}", kernel.netns_path(p))
         net.delete(f"ctr{i}", kernel.netns_path(p))   # DEL twice is success
-        assert kernel.ip_json("link", "show", "eth0", ns=p) == [] if False else "eth0" not in host_links(p)
+        assert "eth0" not in host_links(p)
     assert leases(data_dir, conflist["name"]) == []
     assert not any(l.startswith("veth") for l in host_links(plugin_host.ns))
 
@@ -173,9 +174,8 @@ def test_vlan_is_applied_or_refused_cleanly(plugin_host, netns, data_dir):
         assert host_links(plugin_host.ns) == before
         assert leases(data_dir, conflist["name"]) == []
         return
-    vlans = kernel.ip_json("bridge", "vlan", "show", "dev", result["interfaces"][1]["name"], ns=plugin_host.ns) \
-        if False else __import__("json").loads(kernel.sh("bridge", "-j", "vlan", "show", "dev",
-                                                         result["interfaces"][1]["name"], ns=plugin_host.ns).stdout)
+    port = result["interfaces"][1]["name"]
+    vlans = json.loads(kernel.sh("bridge", "-j", "vlan", "show", "dev", port, ns=plugin_host.ns).stdout)
     vids = {v["vlan"] for v in vlans[0]["vlans"]}
     assert vids == {100, 200, 300, 301, 302}
     net.delete("ctr", kernel.netns_path(pod))
