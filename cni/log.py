@@ -3,15 +3,13 @@
 import logging
 import sys
 
-_configured = False
-
 
 def configure(env):
-    global _configured
-    if _configured:
-        return
-    _configured = True
+    """Once per process: a no-op when the podplumb logger has handlers already (an earlier call,
+    or the node daemon, which sets up its own logging and captures each request's logs itself)."""
     root = logging.getLogger("podplumb")
+    if root.handlers:
+        return
     root.setLevel(env.get("PODPLUMB_LOG_LEVEL", "WARNING").upper())
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     handler = logging.StreamHandler(sys.stderr)

@@ -7,7 +7,6 @@ With systemd socket activation (LISTEN_PID/LISTEN_FDS) the listening socket is f
 """
 
 import argparse
-import base64
 import contextlib
 import importlib
 import io
@@ -235,9 +234,9 @@ def handle_connection(conn: socket.socket, plugins: dict, number: int):
         LOG.warning("call %d: refused a client of uid %d", number, uid)
         return
     conn.settimeout(WRITE_TIMEOUT)
-    client.send_frame(conn, {"podplumb": 1})
+    client.send_message(conn, [client.GREETING])
     try:
-        module, env, stdin = _parse(client.recv_frame(conn, time.monotonic() + READ_TIMEOUT))
+        module, env, stdin = parse_request(client.recv_message(conn, time.monotonic() + READ_TIMEOUT))
     except (OSError, client.FrameError, ValueError) as e:
         LOG.warning("call %d: bad or missing request: %s", number, e)
         return
@@ -249,8 +248,7 @@ def handle_connection(conn: socket.socket, plugins: dict, number: int):
              code, time.monotonic() - started)
     conn.settimeout(WRITE_TIMEOUT)
     try:
-        client.send_frame(conn, {"stdout": base64.b64encode(stdout).decode(), "stderr": captured.getvalue(),
-                                 "code": code})
+        client.send_message(conn, [str(code).encode(), stdout, captured.getvalue().encode(errors="replace")])
     except OSError as e:
         LOG.warning("call %d: the caller left before the answer: %s", number, e)
 
@@ -274,14 +272,12 @@ def _refuse(stdin: bytes, msg: str, details: str) -> tuple[bytes, int]:
     return client.error_reply(stdin, INVALID_ENVIRONMENT, msg, details)
 
 
-def _parse(request) -> tuple[str, dict, bytes]:
-    if not isinstance(request, dict):
-        raise ValueError("request is not an object")
-    module, env, stdin = request.get("module"), request.get("env"), request.get("stdin")
-    if not isinstance(module, str) or not isinstance(stdin, str) or not isinstance(env, dict) or \
-            not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("request needs module (string), env (strings) and stdin (base64)")
-    return module, env, base64.b64decode(stdin, validate=True)
+def parse_request(fields: list) -> tuple[str, dict, bytes]:
+    """[module, stdin, key1, value1, ...] -> (module, env, stdin)."""
+    if len(fields) < 2 or len(fields) % 2:
+        raise ValueError(f"a request has module, stdin and key/value pairs; got {len(fields)} fields")
+    names = [os.fsdecode(f) for f in fields[2:]]
+    return fields[0].decode(), dict(zip(names[::2], names[1::2])), fields[1]
 
 
 def _peer_uid(conn: socket.socket) -> int:

@@ -124,9 +124,10 @@ class NodeDaemon:
             self.proc.kill()
             self.proc.wait()
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 3000) -> str:
         with open(self.log_path, errors="replace") as f:
-            return f.read()[-3000:]
+            text = f.read()
+        return text[-tail:] if tail else text
 
 
 @pytest.fixture

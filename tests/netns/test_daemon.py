@@ -265,10 +265,10 @@ def test_request_logs_go_to_each_callers_file_only(forwarding, host_ns, netns, t
     pod = kernel.netns_path(netns("pod"))
     files = [tmp_path / f"call{i}.log" for i in range(3)]
     for i, path in enumerate(files):
-        run = exec_plugin(bin_dir, "bridge", "ADD", {"cniVersion": "1.0.0", "name": f"net{i}"},   # no ipam
+        run = exec_plugin(bin_dir, "bridge", "ADD", {"cniVersion": "1.0.0", "name": f"net{i}", "mtu": "x"},
                           container_id=f"ctr{i}", ifname="eth0", netns=pod, host_ns=host_ns,
                           env={"PODPLUMB_LOG_FILE": str(path)})
-        assert run.code == 1 and b"ipam" in run.stdout
+        assert run.code == 1 and b"mtu" in run.stdout
     for i, path in enumerate(files):
         text = path.read_text()
         assert f"ctr{i}" in text and not any(f"ctr{j}" in text for j in range(3) if j != i), text
@@ -281,8 +281,9 @@ def test_socket_activation(host_ns, tmp_path):
         pytest.skip("systemd-socket-activate is not installed")
     socket_path = f"/tmp/ppd-act-{kernel.unique('', 8)}.sock"
     podplumb = os.path.join(os.path.dirname(sys.executable), "podplumb")
-    proc = subprocess.Popen([activator, "-l", socket_path, "ip", "netns", "exec", host_ns, podplumb, "daemon"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "act.log", "wb"))
+    with open(tmp_path / "act.log", "wb") as log:
+        proc = subprocess.Popen([activator, "-l", socket_path, "ip", "netns", "exec", host_ns, podplumb, "daemon"],
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 30
         answer = None

@@ -1,0 +1,443 @@
+"""CNI benchmark: podplumb (standalone and through the node daemon) against the reference Go plugins.
+
+Everything runs in a throwaway namespace playing the host, never on the real host. The outer process
+makes that namespace and the pod namespaces, then runs itself inside it (`ip netns exec`, so /sys and
+/proc/sys are the namespace's, as for a runtime on that host) and deletes everything afterwards,
+whatever happened. Plugins are spawned like a runtime spawns them (posix_spawn + wait4: wall time
+and peak RSS of each call). Flavors alternate within every repetition; figures are medians.
+"""
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+import pstats
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE_BIN = "/usr/lib/cni"
+CNI_VERSION = "1.0.0"          # the newest the reference plugins (containernetworking-plugins 1.1.1) speak
+PORTMAP_MODULE = os.path.join(REPO, "plugins", "portmap", "plugin.py")
+PREFIX = "ppbench"
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+MIB = 1024
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description="CNI plugins: podplumb vs reference")
+    parser.add_argument("--runs", type=int, default=20, help="repetitions per timed figure (median)")
+    parser.add_argument("--pods", type=int, default=100, help="pods in the churn test")
+    parser.add_argument("--parallel", type=int, default=8, help="pods added/deleted at a time in the churn")
+    parser.add_argument("--growth-cycles", type=int, default=1000,
+                        help="ADD+DEL cycles through the daemon for its RSS growth")
+    parser.add_argument("--quick", action="store_true", help="shrink everything (CI smoke run)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run one standalone ADD under cProfile and -X importtime")
+    parser.add_argument("--inside", help=argparse.SUPPRESS)   # the run inside the fake host (internal)
+    args, _ = parser.parse_known_args(argv)    # other benches' flags pass through `python -m bench`
+    if args.quick:
+        args.runs, args.pods, args.growth_cycles = min(args.runs, 3), min(args.pods, 16), min(args.growth_cycles, 30)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.inside:
+        return Inside(json.loads(args.inside), args).run()
+    if not os.access(os.path.join(REFERENCE_BIN, "bridge"), os.X_OK):
+        print(f"cni bench: reference plugins missing in {REFERENCE_BIN} "
+              "(Debian package containernetworking-plugins)", file=sys.stderr)
+        return 1
+    return run_outside(args, argv if argv is not None else sys.argv[1:])
+
+
+# ---------------------------------------------------------------- outside: namespaces and cleanup
+
+def run_outside(args, argv) -> int:
+    run_id = uuid.uuid4().hex[:6]
+    host = f"{PREFIX}-{run_id}-host"
+    pods = [f"{PREFIX}-{run_id}-p{i}" for i in range(args.pods + 4)]
+    workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+    made = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        for name in [host, *pods]:
+            _sh("ip", "netns", "add", name)
+            made.append(name)
+            _sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        _sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        spec = {"host": host, "pods": pods, "workdir": workdir}
+        inner = [sys.executable, "-m", "bench.cni_bench", *argv, "--inside", json.dumps(spec)]
+        return subprocess.run(["ip", "netns", "exec", host, *inner], cwd=REPO).returncode
+    finally:
+        if made:
+            _kill_namespace_processes(host)
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_namespace_processes(ns: str):
+    """Whatever still runs in our throwaway host namespace was started by this bench."""
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _sh(*argv):
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+# ---------------------------------------------------------------- spawning a plugin like a runtime
+
+@dataclasses.dataclass
+class Call:
+    code: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+    max_rss_kib: int
+
+
+def spawn(argv: list, env: dict, stdin: bytes = b"") -> Call:
+    """fork+exec as a runtime does; stdio through memory files (no pipes to pump)."""
+    files = [os.fdopen(os.memfd_create(name), "w+b") for name in ("stdin", "stdout", "stderr")]
+    with files[0], files[1], files[2]:
+        files[0].write(stdin)
+        files[0].flush()
+        files[0].seek(0)
+        actions = [(os.POSIX_SPAWN_DUP2, f.fileno(), fd) for fd, f in enumerate(files)]
+        started = time.perf_counter()
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+        _, status, usage = os.wait4(pid, 0)
+        seconds = time.perf_counter() - started
+        files[1].seek(0)
+        files[2].seek(0)
+        return Call(os.waitstatus_to_exitcode(status), files[1].read(), files[2].read(), seconds, usage.ru_maxrss)
+
+
+class PluginFailed(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Flavor:
+    """One way of running the plugins: where the executables are and what CNI_PATH is."""
+    name: str
+    bin_dir: str
+    index: int
+    peak_rss_kib: int = 0
+
+    def call(self, plugin: str, command: str, config: dict | None, **cni) -> Call:
+        env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_PATH": self.bin_dir}
+        env.update({f"CNI_{k.upper()}": v for k, v in cni.items() if v})
+        call = spawn([os.path.join(self.bin_dir, plugin)], env, json.dumps(config).encode() if config else b"")
+        self.peak_rss_kib = max(self.peak_rss_kib, call.max_rss_kib)
+        if call.code != 0:
+            raise PluginFailed(f"{self.name}: {plugin} {command} exited {call.code}: "
+                               f"{call.stdout.decode(errors='replace')} {call.stderr.decode(errors='replace')[-800:]}")
+        return call
+
+
+class Network:
+    """A conflist of one flavor, chained as libcni chains it (prevResult, capabilities)."""
+
+    def __init__(self, flavor: Flavor, workdir: str, portmap: bool):
+        self.flavor = flavor
+        self.name = f"bench-{flavor.name}{'-pm' if portmap else ''}"
+        main_plugin = {"type": "bridge", "bridge": f"ppb{flavor.index}{'p' if portmap else ''}", "isGateway": True,
+                       "ipam": {"type": "host-local", "dataDir": os.path.join(workdir, "ipam", flavor.name),
+                                "ranges": [[{"subnet": f"10.{100 + 2 * flavor.index + portmap}.0.0/16"}]]}}
+        self.plugins = [main_plugin]
+        if portmap:
+            self.plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+        self.runtime_config = {"portMappings": [{"hostPort": 18080 + flavor.index, "containerPort": 80,
+                                                 "protocol": "tcp"}]}
+
+    def config(self, plugin: dict, prev=None) -> dict:
+        config = dict(plugin, name=self.name, cniVersion=CNI_VERSION)
+        wanted = {k: v for k, v in self.runtime_config.items() if (plugin.get("capabilities") or {}).get(k)}
+        if wanted:
+            config["runtimeConfig"] = wanted
+        if prev is not None:
+            config["prevResult"] = prev
+        return config
+
+    def add(self, container_id: str, netns: str) -> dict:
+        prev = None
+        for plugin in self.plugins:
+            prev = json.loads(self.flavor.call(plugin["type"], "ADD", self.config(plugin, prev),
+                                               containerid=container_id, netns=netns, ifname="eth0").stdout)
+        return prev
+
+    def delete(self, container_id: str, netns: str, prev: dict):
+        for plugin in reversed(self.plugins):
+            self.flavor.call(plugin["type"], "DEL", self.config(plugin, prev),
+                             containerid=container_id, netns=netns, ifname="eth0")
+
+    def cycle(self, container_id: str, netns: str) -> float:
+        started = time.perf_counter()
+        self.delete(container_id, netns, self.add(container_id, netns))
+        return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- inside the fake host
+
+class Inside:
+    def __init__(self, spec: dict, args):
+        self.args = args
+        self.host = spec["host"]
+        self.pods = [f"/run/netns/{p}" for p in spec["pods"]]
+        self.workdir = spec["workdir"]
+        self.socket = os.path.join(self.workdir, "cni.sock")
+        self.daemon = None
+        self.figures = {}      # metric -> {flavor name: value}
+        self.notes = []
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            self.flavors = self._prepare()
+            self._measure()
+        except PluginFailed as e:
+            print(f"cni bench: a plugin call failed: {e}", file=sys.stderr)
+            return 1
+        finally:
+            self._stop_daemon()
+        print_report(self.figures, self.notes, self.args)
+        return 0
+
+    def _prepare(self) -> list:
+        sys.path.insert(0, REPO)
+        from podplumb.install import install
+        standalone, daemon_bin = (os.path.join(self.workdir, d) for d in ("bin-standalone", "bin-daemon"))
+        install(standalone, daemon_socket=None)
+        install(daemon_bin, daemon_socket=self.socket)
+        self._start_daemon()
+        return [Flavor("standalone", standalone, 0), Flavor("daemon", daemon_bin, 1),
+                Flavor("reference", REFERENCE_BIN, 2)]
+
+    def _start_daemon(self):
+        from podplumb import client
+        podplumb = os.path.join(os.path.dirname(sys.executable), "podplumb")
+        self.daemon_log = os.path.join(self.workdir, "daemon.log")
+        with open(self.daemon_log, "wb") as log:
+            self.daemon = subprocess.Popen([podplumb, "daemon", "--socket", self.socket], stdout=log, stderr=log,
+                                           stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if os.path.exists(self.socket) and client.forward(
+                    self.socket, "plugins.bridge.plugin:PLUGIN", {"CNI_COMMAND": "VERSION"}, b"") is not None \
+                    and "warm in" in open(self.daemon_log).read():
+                return
+            if self.daemon.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise PluginFailed(f"the daemon did not start: {open(self.daemon_log).read()[-2000:]}")
+
+    def _stop_daemon(self):
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+
+    def _daemon_rss_mib(self, field="VmRSS") -> float:
+        with open(f"/proc/{self.daemon.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / MIB
+        raise RuntimeError(f"no {field} for the daemon")
+
+    def _measure(self):
+        runs = self.args.runs
+        log = lambda what: print(f"cni bench: {what}", file=sys.stderr, flush=True)  # noqa: E731
+
+        log(f"interpreter start-up, VERSION ({runs} runs each)")
+        python = sys.executable
+        self._timed("python -I -c pass", {"standalone": lambda: spawn([python, "-I", "-c", "pass"], {}).seconds})
+        self._timed("python -I -S -c pass", {"standalone": lambda: spawn([python, "-I", "-S", "-c", "pass"], {}).seconds})
+        self._timed("VERSION", {f.name: (lambda f=f: f.call("bridge", "VERSION", None).seconds) for f in self.flavors})
+        # What the daemon path would cost if the launcher ran under `python -I -S` (no site: no .pth files).
+        no_site = [python, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {REPO!r}); "
+                   f"from podplumb.launcher import main; sys.exit(main('plugins.bridge.plugin:PLUGIN', {self.socket!r}))"]
+        self._timed("VERSION, launcher under python -I -S", {"daemon": lambda: spawn(no_site, {"CNI_COMMAND": "VERSION"}).seconds})
+
+        for portmap in (False, True):
+            label = "bridge+host-local" + ("+portmap" if portmap else "")
+            if portmap and not os.path.exists(PORTMAP_MODULE):
+                self.notes.append("plugins/portmap/plugin.py is missing: no portmap cycles")
+                continue
+            nets = {f.name: Network(f, self.workdir, portmap) for f in self.flavors}
+            pod = {f.name: self.pods[-1 - f.index] for f in self.flavors}
+            for f in self.flavors:          # warm caches; the first call also creates the bridge
+                nets[f.name].cycle("warm", pod[f.name])
+            log(f"{label} ADD+DEL cycles ({runs} runs)")
+            self._timed(f"{label} ADD+DEL", {name: (lambda n=net, p=pod[name]: n.cycle(f"c{uuid.uuid4().hex[:8]}", p))
+                                            for name, net in nets.items()})
+
+        log(f"{self.args.pods} pods, {self.args.parallel} at a time")
+        for f in self.flavors:
+            self.figures.setdefault(f"{self.args.pods} pods ADD then DEL, {self.args.parallel} at a time", {})[
+                f.name] = self._churn(Network(f, self.workdir, False))
+
+        self.figures["peak RSS of one plugin process (MiB)"] = {f.name: f.peak_rss_kib / MIB for f in self.flavors}
+        self.figures["daemon peak RSS (MiB)"] = {"daemon": self._daemon_rss_mib("VmHWM")}
+        log(f"daemon RSS over {self.args.growth_cycles} ADD+DEL cycles")
+        self.figures[f"daemon RSS growth over {self.args.growth_cycles} cycles (MiB)"] = {"daemon": self._growth()}
+        self.figures["daemon RSS at the end (MiB)"] = {"daemon": self._daemon_rss_mib()}
+        if self.args.profile:
+            self._profile()
+
+    def _timed(self, metric: str, runners: dict):
+        samples = {name: [] for name in runners}
+        for _ in range(self.args.runs):
+            for name, run in runners.items():       # flavors alternate within each repetition
+                samples[name].append(run())
+        self.figures[metric] = {name: statistics.median(values) for name, values in samples.items()}
+
+    def _churn(self, net: Network) -> float:
+        pods = self.pods[:self.args.pods]
+        ids = [f"churn{i}-{uuid.uuid4().hex[:6]}" for i in range(len(pods))]
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(self.args.parallel) as pool:
+            results = list(pool.map(net.add, ids, pods))
+            list(pool.map(net.delete, ids, pods, results))
+        return time.perf_counter() - started
+
+    def _growth(self) -> float:
+        """ADD+DEL straight to the daemon's socket (no launcher spawn): only the daemon's memory matters."""
+        from podplumb import client
+        net = Network(self.flavors[1], self.workdir, False)
+        pod = self.pods[-2]
+        plugin = net.plugins[0]
+        env = {"PATH": PATH, "CNI_PATH": self.flavors[1].bin_dir, "CNI_NETNS": pod, "CNI_IFNAME": "eth0"}
+
+        def cycle(i):
+            container = dict(env, CNI_CONTAINERID=f"g{i}")
+            out, code = client.forward(self.socket, "plugins.bridge.plugin:PLUGIN", dict(container, CNI_COMMAND="ADD"),
+                                       json.dumps(net.config(plugin)).encode())
+            if code:
+                raise PluginFailed(f"daemon ADD: {out.decode(errors='replace')}")
+            out, code = client.forward(self.socket, "plugins.bridge.plugin:PLUGIN", dict(container, CNI_COMMAND="DEL"),
+                                       json.dumps(net.config(plugin, json.loads(out))).encode())
+            if code:
+                raise PluginFailed(f"daemon DEL: {out.decode(errors='replace')}")
+
+        for i in range(20):      # settle allocator caches first
+            cycle(f"w{i}")
+        before = self._daemon_rss_mib()
+        for i in range(self.args.growth_cycles):
+            cycle(i)
+        return self._daemon_rss_mib() - before
+
+    def _profile(self):
+        """One standalone ADD: where its time goes (interpreter start, imports, netlink, IPAM)."""
+        flavor = self.flavors[0]
+        net = Network(flavor, self.workdir, False)
+        config = json.dumps(net.config(net.plugins[0])).encode()
+        pod = self.pods[-1]
+        env = {"PATH": PATH, "CNI_COMMAND": "ADD", "CNI_PATH": flavor.bin_dir, "CNI_NETNS": pod,
+               "CNI_IFNAME": "eth0", "CNI_CONTAINERID": "profiled"}
+        launcher = os.path.join(flavor.bin_dir, "bridge")
+        stats_file = os.path.join(self.workdir, "add.prof")
+
+        def add_then_del(argv):
+            call = spawn(argv, env, config)
+            if call.code:
+                raise PluginFailed(f"profiled ADD: {call.stdout.decode(errors='replace')}")
+            flavor.call("bridge", "DEL", net.config(net.plugins[0]), containerid="profiled", netns=pod, ifname="eth0")
+            return call
+
+        wall = add_then_del([launcher]).seconds
+        imports = add_then_del([sys.executable, "-I", "-X", "importtime", launcher]).stderr.decode()
+        add_then_del([sys.executable, "-I", "-m", "cProfile", "-o", stats_file, launcher])
+        print(f"\n== profile: one standalone bridge+host-local ADD, {wall * 1000:.1f} ms wall ==")
+        start = self.figures["python -I -c pass"]["standalone"]
+        print(f"interpreter start-up (python -I -c pass, median): {start * 1000:.1f} ms")
+        print("imports by top-level package (-X importtime, cumulative):")
+        for name, micros in top_level_imports(imports)[:12]:
+            print(f"  {micros / 1000:8.1f} ms  {name}")
+        print("cProfile, top 25 by cumulative time (imports included):")
+        stats = pstats.Stats(stats_file)
+        stats.sort_stats("cumulative").print_stats(25)
+
+
+def top_level_imports(importtime: str) -> list:
+    """[(package, cumulative µs)] from `-X importtime` lines for packages imported at top level."""
+    totals = {}
+    for line in importtime.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if match and len(match.group(3)) == 1:          # top-level import
+            name = match.group(4).split(".")[0]
+            totals[name] = totals.get(name, 0) + int(match.group(2))
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
+# ---------------------------------------------------------------- report
+
+# metric prefix -> (flavor, bound on ours/reference or absolute, description)
+TARGETS = [
+    ("bridge+host-local ADD+DEL", "daemon", ("ratio", 0.8)),
+    ("bridge+host-local ADD+DEL", "standalone", ("ratio", 3.0)),
+    ("bridge+host-local+portmap ADD+DEL", "daemon", ("ratio", 0.5)),
+    ("pods ADD then DEL", "daemon", ("ratio", 0.5)),
+    ("VERSION", "daemon", ("below", 0.025)),
+    ("daemon peak RSS", "daemon", ("below", 80)),
+    ("daemon RSS growth", "daemon", ("below", 5)),
+]
+
+
+def print_report(figures: dict, notes: list, args):
+    print(f"\nCNI: podplumb vs reference Go plugins ({REFERENCE_BIN}), cniVersion {CNI_VERSION}, "
+          f"median of {args.runs} runs; times in ms unless stated")
+    header = f"{'metric':<46}{'standalone':>12}{'daemon':>10}{'reference':>11}{'sa/ref':>8}{'dmn/ref':>9}"
+    print(header)
+    print("-" * len(header))
+    for metric, values in figures.items():
+        in_ms = "MiB" not in metric
+        cells = []
+        for flavor in ("standalone", "daemon", "reference"):
+            value = values.get(flavor)
+            cells.append("-" if value is None else f"{value * 1000:.1f}" if in_ms else f"{value:.1f}")
+        ref = values.get("reference")
+        ratios = [f"{values[f] / ref:.2f}" if ref and values.get(f) is not None else "-"
+                  for f in ("standalone", "daemon")]
+        label = metric + (" (s)" if "pods" in metric else "")
+        if "pods" in metric:
+            cells = ["-" if values.get(f) is None else f"{values[f]:.2f}" for f in ("standalone", "daemon", "reference")]
+        print(f"{label:<46}{cells[0]:>12}{cells[1]:>10}{cells[2]:>11}{ratios[0]:>8}{ratios[1]:>9}")
+    print("\ntargets:")
+    for prefix, flavor, (kind, bound) in TARGETS:
+        metric = next((m for m in figures if prefix in m), None)
+        if metric is None:
+            print(f"  {prefix} ({flavor}): not measured")
+            continue
+        value, ref = figures[metric].get(flavor), figures[metric].get("reference")
+        got = value / ref if kind == "ratio" else value
+        shown = f"{got:.2f}x reference" if kind == "ratio" else (f"{got * 1000:.1f} ms" if "MiB" not in metric
+                                                                  else f"{got:.1f} MiB")
+        limit = f"<= {bound}x" if kind == "ratio" else (f"< {bound * 1000:g} ms" if "MiB" not in metric
+                                                        else f"< {bound:g} MiB")
+        verdict = "met" if got <= bound else "MISSED"
+        print(f"  {metric} ({flavor}): {shown}, target {limit}: {verdict}")
+    for note in notes:
+        print(f"  note: {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
