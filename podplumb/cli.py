@@ -16,6 +16,11 @@ def _csi(args):
     return main(args.rest)
 
 
+def _overlay(args):
+    from podplumb.overlay.__main__ import main
+    return main(args.rest)
+
+
 def _leases(args):
     from podplumb.inspect import print_leases
     return print_leases(args.data_dir, args.network)
@@ -31,7 +36,7 @@ def _daemon(args):
     return main(args.rest)
 
 
-_OWN_OPTIONS = ("csi", "daemon")
+_OWN_OPTIONS = ("csi", "daemon", "overlay")
 
 
 def main(argv=None):
@@ -51,6 +56,11 @@ def main(argv=None):
     p = sub.add_parser("daemon", help="run the warm CNI node daemon", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_daemon)
+
+    p = sub.add_parser("overlay", help="register this host's vxlan subnet in etcd and follow the others",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_overlay)
 
     p = sub.add_parser("leases", help="list host-local leases: network, address, container, interface")
     p.add_argument("--data-dir", default="/var/lib/cni/networks")

@@ -44,14 +44,29 @@ def main(argv=None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=60.0,
                         help="seconds to let in-flight calls finish on SIGTERM")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--overlay-config", metavar="FILE",
+                        help="a vxlan network config with a 'cluster' section: register this host in etcd "
+                             "and keep the other hosts' routes, neighbours and FDB entries in step")
     args = parser.parse_args(argv)
 
     _configure_logging(args.log_level)
     listener, owned = listen(args.socket)
     plugins = {}
     server = Server(listener, plugins, args.max_requests)
+    main_pid = os.getpid()
+
+    def on_signal(signum, _frame):
+        if os.getpid() != main_pid:   # pyroute2's forked netns helpers inherit this handler
+            os._exit(128 + signum)
+        server.stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: server.stop())
+        signal.signal(signum, on_signal)
+    overlay = None
+    if args.overlay_config:
+        from podplumb.overlay import registry, settings
+        overlay = registry.Registry(settings.load(args.overlay_config))
+        overlay.start()
     # Warm up while already serving: a socket-activated first call is answered as soon as possible
     # (it waits for the imports it needs, no longer).
     threading.Thread(target=warm_up, args=(plugins,), daemon=True, name="warm-up").start()
@@ -59,6 +74,8 @@ def main(argv=None) -> int:
     try:
         server.serve()
     finally:
+        if overlay:
+            overlay.stop()
         if owned:
             _unlink(args.socket)
         listener.close()
