@@ -269,13 +269,8 @@ class Inside:
 
         log(f"interpreter start-up, VERSION ({runs} runs each)")
         python = sys.executable
-        self._timed("python -I -c pass", {"standalone": lambda: spawn([python, "-I", "-c", "pass"], {}).seconds})
         self._timed("python -I -S -c pass", {"standalone": lambda: spawn([python, "-I", "-S", "-c", "pass"], {}).seconds})
         self._timed("VERSION", {f.name: (lambda f=f: f.call("bridge", "VERSION", None).seconds) for f in self.flavors})
-        # What the daemon path would cost if the launcher ran under `python -I -S` (no site: no .pth files).
-        no_site = [python, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {REPO!r}); "
-                   f"from podplumb.launcher import main; sys.exit(main('plugins.bridge.plugin:PLUGIN', {self.socket!r}))"]
-        self._timed("VERSION, launcher under python -I -S", {"daemon": lambda: spawn(no_site, {"CNI_COMMAND": "VERSION"}).seconds})
 
         for portmap in (False, True):
             label = "bridge+host-local" + ("+portmap" if portmap else "")

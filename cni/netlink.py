@@ -1,13 +1,19 @@
 """A small typed layer over pyroute2's IPRoute: one open rtnetlink socket per namespace.
 
-Never switches the process's namespace: pyroute2 opens the socket inside the target
-(`flags=0` so a missing namespace is an error, not created). Kernel errors become CNIError.
+Never switches the process's namespace: a socket for another namespace is opened by a
+short-lived thread inside it, and a missing namespace is an error, never created.
+Kernel errors become CNIError.
 """
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
+import functools
 import ipaddress
+import os
+import socket
+import threading
 import time
 
 from pyroute2 import IPRoute, NetlinkError
@@ -16,6 +22,8 @@ from cni.errors import CNIError, KERNEL_FAILURE, UNKNOWN_CONTAINER
 
 IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
 AF_INET, AF_INET6 = 2, 10
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
 RT_TABLE_MAIN = 254
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x02
@@ -55,7 +63,7 @@ class Namespace:
     def __init__(self, path: str | None = None):
         self.path = path
         try:
-            self.ipr = IPRoute(netns=path, flags=0) if path else IPRoute()
+            self.ipr = IPRoute(fileno=_netlink_socket_in(path).detach()) if path else IPRoute()
         except FileNotFoundError:
             raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist") from None
         except (OSError, NetlinkError) as e:
@@ -299,6 +307,38 @@ class Namespace:
         except NetlinkError as e:
             if e.code not in (errno.ESRCH, errno.ENOENT):
                 raise kernel_error(f"cannot delete route to {dst}", e) from None
+
+
+def _netlink_socket_in(path: str) -> socket.socket:
+    """An rtnetlink socket bound to the namespace at `path`. A short-lived thread enters the
+    namespace, opens the socket and ends: the process and its other threads never switch, and
+    nothing is forked (pyroute2's own netns sockets fork a helper, ~10 ms against ~1.5 ms)."""
+    box = {}
+
+    def enter_and_open():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc().setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({path}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            box["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=enter_and_open, name="netns-socket")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["socket"]
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _to_link(msg) -> Link:

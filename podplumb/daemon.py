@@ -53,15 +53,8 @@ def main(argv=None) -> int:
     listener, owned = listen(args.socket)
     plugins = {}
     server = Server(listener, plugins, args.max_requests)
-    main_pid = os.getpid()
-
-    def on_signal(signum, _frame):
-        if os.getpid() != main_pid:   # pyroute2's forked netns helpers inherit this handler
-            os._exit(128 + signum)
-        server.stop()
-
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+        signal.signal(signum, lambda *_: server.stop())
     overlay = None
     if args.overlay_config:
         from podplumb.overlay import registry, settings
@@ -103,7 +96,6 @@ def warm_up(plugins: dict):
             plugins[module] = resolve(module)
         except ImportError as e:
             LOG.info("plugin %s not available here: %s", name, e)
-    import multiprocessing  # noqa: F401 -- pyroute2 forks through it to open a socket in a namespace
     from pyroute2 import IPRoute
     with IPRoute() as ipr:         # loads the message classes a first call would otherwise load
         ipr.get_links()

@@ -1,26 +1,34 @@
-"""What an installed plugin executable runs. Standard library only until it must work in-process:
-every pod event pays this start-up, so keep it small."""
+"""What an installed plugin executable runs. Every pod event pays this start-up, so it runs under
+`python -I -S` (no site: no .pth files) and imports only the standard library and our own small
+modules until it knows the plugin must run in this process."""
 
 import importlib
 import os
 import sys
 
 
-def main(module: str, daemon_socket: str | None = None) -> int:
+def main(module: str, daemon_socket: str | None = None, site_dir: str | None = None) -> int:
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     env = dict(os.environ)
-    output, code = _serve(module, env, stdin, daemon_socket)
+    output, code = _serve(module, env, stdin, daemon_socket, site_dir)
     sys.stdout.buffer.write(output)
     sys.stdout.flush()
     return code
 
 
-def _serve(module: str, env: dict, stdin: bytes, daemon_socket: str | None) -> tuple[bytes, int]:
+def _serve(module: str, env: dict, stdin: bytes, daemon_socket: str | None,
+           site_dir: str | None) -> tuple[bytes, int]:
+    if env.get("CNI_COMMAND") == "VERSION":   # the same answer for every plugin of ours: no need to ask
+        from cni.version import version_reply
+        return version_reply(stdin), 0
     if daemon_socket and os.path.exists(daemon_socket):
         from podplumb import client
         answer = client.forward(daemon_socket, module, env, stdin)
         if answer is not None:
             return answer
+    if site_dir:   # the plugin needs third-party packages (pyroute2): only now pay for site-packages
+        import site
+        site.addsitedir(site_dir)
     return run_in_process(module, env, stdin)
 
 

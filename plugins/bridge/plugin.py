@@ -93,19 +93,18 @@ def _delete_bridge_if_unused(host: netlink.Namespace, name: str):
 def delete(request: skel.Request):
     conf = config.load(request)
     _ipam(conf, request, "DEL")
-    prev = _prev_result(request)
-    if request.netns:
+    # Deleting either end of a veth removes the pair: the host end named by prevResult needs no
+    # trip into the pod's namespace, which may be gone already (CNI_NETNS is empty then).
+    host_name = _host_interface(_prev_result(request))
+    with netlink.opened() as host:
+        veth = host.link(host_name) if host_name else None
+        removed = veth is not None and veth.kind == "veth" and host.delete_link(host_name)
+    if not removed and request.netns:
         try:
             with netlink.opened(request.netns) as container:
                 container.delete_link(request.ifname)
         except CNIError:
             pass  # the namespace is gone, and the pair with it
-    host_name = _host_interface(prev, request.ifname)
-    if host_name:
-        with netlink.opened() as host:
-            veth = host.link(host_name)
-            if veth and veth.kind == "veth":
-                host.delete_link(host_name)
     if conf.ip_masq:
         nftables.remove_masquerade(conf.network, request.container_id, request.ifname)
     if conf.macspoofchk:
@@ -117,7 +116,7 @@ def _prev_result(request: skel.Request) -> dict | None:
     return results.from_any(prev, request.version) if prev else None
 
 
-def _host_interface(prev: dict | None, ifname: str) -> str | None:
+def _host_interface(prev: dict | None) -> str | None:
     """The host-side veth named by a prevResult: the interface without sandbox that is not the bridge."""
     if not prev:
         return None

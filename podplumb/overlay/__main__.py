@@ -2,7 +2,6 @@
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -44,15 +43,8 @@ def main(argv=None) -> int:
         logging.getLogger("podplumb").error("overlay registry cannot start: %s", e)
         return 1
     requested = threading.Event()
-    main_pid = os.getpid()
-
-    def on_signal(signum, _frame):
-        if os.getpid() != main_pid:   # a helper process pyroute2 forked inherits this handler
-            os._exit(128 + signum)
-        requested.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: requested.set())
     while not requested.wait(1.0):
         pass
     registry.stop()

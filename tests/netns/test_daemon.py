@@ -194,11 +194,11 @@ def test_stopped_daemon_before_a_call_means_in_process(forwarding, cni_bin, host
     os.kill(daemon.proc.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        run = exec_plugin(bin_dir, "bridge", "VERSION", {}, host_ns=host_ns)
+        run = exec_plugin(bin_dir, "bridge", "ADD", b"not json", host_ns=host_ns)
         elapsed = time.monotonic() - started
     finally:
         daemon.kill()
-    assert run.code == 0 and run.stdout == exec_plugin(cni_bin, "bridge", "VERSION", {}, host_ns=host_ns).stdout
+    assert run.code == 1 and run.stdout == exec_plugin(cni_bin, "bridge", "ADD", b"not json", host_ns=host_ns).stdout
     assert elapsed < client.CONNECT_TIMEOUT + 3
     assert b"running in-process" in run.stderr
 
