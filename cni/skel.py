@@ -11,7 +11,7 @@ import re
 import traceback
 from typing import Callable, Mapping
 
-from cni import log, version as versions
+from cni import fields, log, version as versions
 from cni.errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
                         INVALID_ENVIRONMENT, UNKNOWN_CONTAINER, INVALID_CONFIG)
 from cni.result import to_version
@@ -22,16 +22,6 @@ COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _NETWORK_NAME = _CONTAINER_ID
-
-
-def _valid_ifname(name: str) -> str | None:
-    if len(name) > 15:
-        return "longer than 15 characters"
-    if name in (".", ".."):
-        return "'.' and '..' are not interface names"
-    if any(c in name for c in "/:") or any(c.isspace() for c in name):
-        return "contains '/', ':' or white space"
-    return None
 
 
 # Each CNI_* variable: the commands that require it.
@@ -137,7 +127,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
         raise CNIError(INVALID_ENVIRONMENT, f"invalid CNI_CONTAINERID {container_id!r}",
                        "must start with a letter or digit, then letters, digits, '_', '.' or '-'")
     ifname = env.get("CNI_IFNAME", "")
-    problem = _valid_ifname(ifname) if ifname else None
+    problem = fields.ifname_problem(ifname) if ifname else None
     if problem:
         raise CNIError(INVALID_ENVIRONMENT, f"invalid CNI_IFNAME {ifname!r}", problem)
     config = _parse_config(stdin)

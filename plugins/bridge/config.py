@@ -3,11 +3,11 @@
 import dataclasses
 import re
 
+from cni import fields
 from cni.errors import config_error
 from cni.skel import Request
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +53,9 @@ def load(request: Request) -> BridgeConfig:
             values[field] = raw[key]
     if values.get("is_default_gateway"):
         values["is_gateway"] = True
-    if "bridge" in raw:
-        if not isinstance(raw["bridge"], str) or not _IFNAME.match(raw["bridge"]):
-            raise config_error(f"invalid bridge name {raw['bridge']!r}",
-                               "1 to 15 characters, no '/', ':' or white space")
-        values["bridge"] = raw["bridge"]
-    values["mtu"] = _int(raw, "mtu", 0, 68, 65535, zero_ok=True)
-    values["vlan"] = _int(raw, "vlan", 0, 0, 4094)
+    values["bridge"] = fields.ifname(raw, "bridge", "cni0")
+    values["mtu"] = fields.integer(raw, "mtu", 0, 68, 65535, zero_ok=True)
+    values["vlan"] = fields.integer(raw, "vlan", 0, 0, 4094)
     values["vlan_trunk"] = _trunk(raw.get("vlanTrunk"))
     if values["vlan"] and values["vlan"] in values["vlan_trunk"]:
         raise config_error(f"vlan {values['vlan']} is also in vlanTrunk", "a port's access VLAN cannot be a trunk VLAN")
@@ -78,15 +74,6 @@ def load(request: Request) -> BridgeConfig:
     return BridgeConfig(**values)
 
 
-def _int(raw, key, default, low, high, zero_ok=False) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise config_error(f"'{key}' must be an integer", f"got {value!r}")
-    if not (low <= value <= high or (zero_ok and value == 0)):
-        raise config_error(f"'{key}' {value} is out of range", f"expected {low} to {high}")
-    return value
-
-
 def _trunk(trunk) -> tuple:
     if trunk is None:
         return ()
@@ -97,9 +84,9 @@ def _trunk(trunk) -> tuple:
         if not isinstance(entry, dict):
             raise config_error("each vlanTrunk entry must be an object", f"got {entry!r}")
         if "id" in entry:
-            vids.add(_int(entry, "id", 0, 1, 4094))
+            vids.add(fields.integer(entry, "id", 0, 1, 4094))
         elif "minID" in entry or "maxID" in entry:
-            low, high = _int(entry, "minID", 0, 1, 4094), _int(entry, "maxID", 0, 1, 4094)
+            low, high = fields.integer(entry, "minID", 0, 1, 4094), fields.integer(entry, "maxID", 0, 1, 4094)
             if low > high:
                 raise config_error(f"vlanTrunk minID {low} is greater than maxID {high}")
             vids.update(range(low, high + 1))

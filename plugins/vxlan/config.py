@@ -7,8 +7,8 @@ subnet comes from the lease file the overlay registry writes, and the registry p
 import dataclasses
 import ipaddress
 import os
-import re
 
+from cni import fields
 from cni.errors import config_error
 from cni.skel import Request
 from plugins.host_local.ranges import parse_address, parse_cidr
@@ -16,7 +16,6 @@ from plugins.host_local.ranges import parse_address, parse_cidr
 DEFAULT_STATE_DIR = "/run/podplumb/vxlan"
 DEFAULT_PORT = 4789
 MAX_VNI = 2 ** 24 - 1
-_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 
 # Keys this plugin owns; every other key is passed on to the bridge it attaches pods with.
 OWN_KEYS = ("vni", "port", "mtu", "underlayIP", "vtep", "subnet", "peers", "stateDir", "cluster")
@@ -64,10 +63,10 @@ def parse(raw: dict) -> VxlanConfig:
     network = raw.get("name")
     if not isinstance(network, str) or not network:
         raise config_error("missing network name", "the config needs 'name'")
-    vni = _int(raw, "vni", None, 1, MAX_VNI)
-    values = {"network": network, "vni": vni, "port": _int(raw, "port", DEFAULT_PORT, 1, 65535),
-              "mtu": _int(raw, "mtu", 0, 68, 65535, zero_ok=True), "vtep": _ifname(raw, "vtep", f"ppvx.{vni}"),
-              "bridge": _ifname(raw, "bridge", "cni0")}
+    vni = fields.integer(raw, "vni", None, 1, MAX_VNI)
+    values = {"network": network, "vni": vni, "port": fields.integer(raw, "port", DEFAULT_PORT, 1, 65535),
+              "mtu": fields.integer(raw, "mtu", 0, 68, 65535, zero_ok=True), "vtep": fields.ifname(raw, "vtep", f"ppvx.{vni}"),
+              "bridge": fields.ifname(raw, "bridge", "cni0")}
     if raw.get("underlayIP") is not None:
         values["underlay_ip"] = str(_ipv4(raw["underlayIP"], "underlayIP"))
     if raw.get("subnet") is not None:
@@ -81,24 +80,6 @@ def parse(raw: dict) -> VxlanConfig:
     if ipam is not None and not (isinstance(ipam, dict) and isinstance(ipam.get("type"), str)):
         raise config_error("invalid ipam", "'ipam' must be an object with a 'type'")
     return VxlanConfig(**values)
-
-
-def _int(raw, key, default, low, high, zero_ok=False) -> int:
-    if default is None and key not in raw:
-        raise config_error(f"missing '{key}'", f"expected an integer from {low} to {high}")
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise config_error(f"'{key}' must be an integer", f"got {value!r}")
-    if not (low <= value <= high or (zero_ok and value == 0)):
-        raise config_error(f"'{key}' {value} is out of range", f"expected {low} to {high}")
-    return value
-
-
-def _ifname(raw, key, default) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or not _IFNAME.match(value):
-        raise config_error(f"invalid {key} name {value!r}", "1 to 15 characters, no '/', ':' or white space")
-    return value
 
 
 def _ipv4(text, what: str) -> ipaddress.IPv4Address:

@@ -1,0 +1,34 @@
+"""Checks for config fields shared by the plugins; each failure names the key."""
+
+from cni.errors import config_error
+
+
+def ifname_problem(name: str) -> str | None:
+    """Why `name` cannot be a Linux interface name, or None."""
+    if not name or len(name) > 15:
+        return "1 to 15 characters"
+    if name in (".", ".."):
+        return "'.' and '..' are not interface names"
+    if any(c in name for c in "/:") or any(c.isspace() for c in name):
+        return "no '/', ':' or white space"
+    return None
+
+
+def ifname(raw: dict, key: str, default: str) -> str:
+    value = raw.get(key, default)
+    problem = ifname_problem(value) if isinstance(value, str) else "must be a string"
+    if problem:
+        raise config_error(f"invalid {key} name {value!r}", problem)
+    return value
+
+
+def integer(raw: dict, key: str, default: int | None, low: int, high: int, zero_ok: bool = False) -> int:
+    """`raw[key]` as an int in [low, high] (or 0 with `zero_ok`); a default of None makes it required."""
+    if default is None and key not in raw:
+        raise config_error(f"missing '{key}'", f"expected an integer from {low} to {high}")
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise config_error(f"'{key}' must be an integer", f"got {value!r}")
+    if not (low <= value <= high or (zero_ok and value == 0)):
+        raise config_error(f"'{key}' {value} is out of range", f"expected {low} to {high}")
+    return value
