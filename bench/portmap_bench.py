@@ -11,6 +11,7 @@ throwaway namespace playing the host; flavors alternate within every repetition;
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,8 +83,14 @@ def _call(bin_dir: str, command: str, container: str, netns: str, index: int, po
 def run_inside(args, netns: str) -> int:
     from podplumb.install import install
     ours = tempfile.mkdtemp(prefix="ppbench-pm-bin-")
-    install(ours)
-    flavors = {"podplumb": ours, "reference": REFERENCE_BIN}
+    try:
+        install(ours)
+        return _measure(args, netns, {"podplumb": ours, "reference": REFERENCE_BIN})
+    finally:
+        shutil.rmtree(ours, ignore_errors=True)
+
+
+def _measure(args, netns: str, flavors: dict) -> int:
     figures = {}
     background = 0
     for load in (0, args.portmap_background):

@@ -98,7 +98,9 @@ def delete(request: skel.Request):
     host_name = _host_interface(_prev_result(request))
     with netlink.opened() as host:
         veth = host.link(host_name) if host_name else None
-        removed = veth is not None and veth.kind == "veth" and host.delete_link(host_name)
+        bridge = host.link(conf.bridge) if veth else None
+        ours = veth is not None and veth.kind == "veth" and bridge is not None and veth.master == bridge.index
+        removed = ours and host.delete_link(host_name)
     if not removed and request.netns:
         try:
             with netlink.opened(request.netns) as container:
@@ -154,8 +156,7 @@ def check(request: skel.Request):
         for ip in prev["ips"]:
             if ip.get("interface", pod_index) == pod_index and ipaddress.ip_interface(ip["address"]) not in present:
                 raise _check_failed(f"address {ip['address']} is missing from {request.ifname}")
-        routes = {(ipaddress.ip_network(dst, strict=False), gw) for dst, gw, _ in container.routes(pod.index)}
-        nets = {dst for dst, _ in routes}
+        nets = {ipaddress.ip_network(dst, strict=False) for dst, _, _ in container.routes(pod.index)}
         for route in prev["routes"]:
             if ipaddress.ip_network(route["dst"], strict=False) not in nets:
                 raise _check_failed(f"route to {route['dst']} is missing from {request.netns}")
