@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     overlay = None
     if args.overlay_config:
         from podplumb.overlay import registry, settings
-        overlay = registry.Registry(settings.load(args.overlay_config))
+        # NODE_NAME (a DaemonSet sets it from the downward API) names this host; else its hostname.
+        overlay = registry.Registry(settings.load(args.overlay_config, node=os.environ.get("NODE_NAME")))
         overlay.start()
     # Warm up while already serving: a socket-activated first call is answered as soon as possible
     # (it waits for the imports it needs, no longer).

@@ -84,11 +84,12 @@ class NodeDaemon:
     START_TIMEOUT = 30
     STOP_TIMEOUT = 15
 
-    def __init__(self, ns: str, socket_path: str, log_path: str, env: dict | None = None):
+    def __init__(self, ns: str, socket_path: str, log_path: str, env: dict | None = None, args=()):
         self.ns = ns
         self.socket = socket_path
         self.log_path = log_path
         self.env = env
+        self.args = list(args)
         self.proc = None
 
     def start(self) -> "NodeDaemon":
@@ -96,7 +97,7 @@ class NodeDaemon:
         with open(self.log_path, "ab") as log:
             # `ip netns exec` execs the command: self.proc.pid is the daemon's pid.
             self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, podplumb, "daemon", "--socket", self.socket,
-                                          "--drain-timeout", "10"], stdin=subprocess.DEVNULL,
+                                          "--drain-timeout", "10", *self.args], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + self.START_TIMEOUT
         while time.monotonic() < deadline:

@@ -4,14 +4,17 @@ programming its peers), the plugin reading the registry's lease file."""
 import concurrent.futures
 import ipaddress
 import json
+import os
 import signal
 
 import pytest
 
-from podplumb.overlay import subnets
+from podplumb.install import install
+from podplumb.overlay import lab, subnets
 from podplumb.overlay.etcd import Client
 from tests import kernel
 from tests.cnitool import Network
+from tests.conftest import NodeDaemon
 from tests.netns.vxlan_helpers import (VNI, EtcdServer, RegistryProcess, conflist, data_centre, overlay_routes,
                                        pod_ip, tcp_transfer, vxlan_plugin, wait_for)
 
@@ -40,9 +43,9 @@ def registries():
         registry.stop(signal.SIGKILL)
 
 
-def _cluster_config(tmp_path, host, network: str, endpoint: str) -> str:
+def _cluster_config(tmp_path, host, network: str, endpoint: str, **cluster) -> str:
     plugin = vxlan_plugin(host, static=False, cluster={"etcdEndpoints": [endpoint], "cidr": CIDR,
-                                                       "subnetLength": 24, "prefix": f"/test/{network}"})
+                                                       "subnetLength": 24, "prefix": f"/test/{network}", **cluster})
     path = tmp_path / f"{host.ns}.conflist"
     path.write_text(json.dumps(conflist(network, plugin)))
     return str(path)
@@ -132,3 +135,42 @@ def test_configured_subnet_held_by_another_host(tmp_path, etcd, network_name, re
         registries.append(second.start())
         assert second.proc.wait(20) == 1
         assert "held by node node0" in second.log()
+
+
+def test_node_daemon_keeps_the_overlay(tmp_path, network_name):
+    """`podplumb daemon --overlay-config`, as the DaemonSet runs it: etcd on the underlay, a daemon in
+    each host's namespace registering the host and serving its plugin calls."""
+    with data_centre(tmp_path, hosts=2) as dc:
+        server = EtcdServer(netns=dc.underlay, address=lab.UNDERLAY_ROUTER)
+        daemons = []
+        try:
+            for i, host in enumerate(dc.hosts):
+                config = _cluster_config(tmp_path, host, network_name, server.endpoint, ttl=TTL,
+                                         dataDir=str(tmp_path / f"registry{i}"))
+                daemons.append(NodeDaemon(host.ns, str(tmp_path / f"d{i}.sock"), str(tmp_path / f"d{i}.log"),
+                                          env={**os.environ, "NODE_NAME": f"node{i}"},
+                                          args=["--overlay-config", config]).start())
+            lease_files = [os.path.join(h.state_dir, f"{network_name}.json") for h in dc.hosts]
+            wait_for(lambda: all(os.path.exists(f) for f in lease_files), timeout=20)
+            subnets_held = [json.load(open(f))["subnet"] for f in lease_files]
+            assert len(set(subnets_held)) == 2
+
+            bins = [tmp_path / f"bin{i}" for i in range(2)]
+            for bin_dir, daemon in zip(bins, daemons):
+                install(str(bin_dir), daemon_socket=daemon.socket)
+            nets = [Network(json.load(open(tmp_path / f"{h.ns}.conflist")), b, host_ns=h.ns)
+                    for h, b in zip(dc.hosts, bins)]
+            pods = [dc.add_pod() for _ in dc.hosts]
+            ips = [pod_ip(net.add("ctr", kernel.netns_path(pod))) for net, pod in zip(nets, pods)]
+            wait_for(lambda: subnets_held[1] in overlay_routes(dc.hosts[0].ns, VTEP), timeout=10)
+            assert kernel.ping(pods[0], ips[1]) and kernel.ping(pods[1], ips[0])
+            for daemon in daemons:
+                assert "vxlan ADD container=ctr" in daemon.log(), "the plugin call went through the daemon"
+
+            assert daemons[1].stop() == 0     # leaves the cluster: its lease is revoked
+            wait_for(lambda: subnets_held[1] not in overlay_routes(dc.hosts[0].ns, VTEP), timeout=TTL + 5)
+            nets[0].delete("ctr", kernel.netns_path(pods[0]))
+        finally:
+            for daemon in daemons:
+                daemon.stop()
+            server.stop()

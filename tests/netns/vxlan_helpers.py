@@ -12,7 +12,6 @@ import tempfile
 import time
 
 from podplumb.overlay import lab
-from podplumb.overlay.etcd import Client, EtcdError
 from podplumb.overlay.lab import Host, data_centre, pod_ip  # noqa: F401  (re-exported for the tests)
 from tests import kernel
 
@@ -100,31 +99,31 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    """A throwaway single-member etcd on 127.0.0.1 (Debian's etcd-server), data in a temp dir."""
+    """A throwaway single-member etcd (Debian's etcd-server), data in a temp dir: on 127.0.0.1, or
+    inside namespace `netns` on `address` (as a cluster's etcd on the underlay)."""
 
     BINARY = "/usr/bin/etcd"
 
-    def __init__(self):
+    def __init__(self, netns: str | None = None, address: str = "127.0.0.1"):
         self.dir = tempfile.mkdtemp(prefix="pp-etcd-")
         client, peer = free_port(), free_port()
-        self.endpoint = f"http://127.0.0.1:{client}"
+        self.endpoint = f"http://{address}:{client}"
         self.log = open(os.path.join(self.dir, "etcd.log"), "wb")
+        inside = ["ip", "netns", "exec", netns] if netns else []
         self.proc = subprocess.Popen(
-            [self.BINARY, "--name", "pp", "--data-dir", os.path.join(self.dir, "data"),
+            [*inside, self.BINARY, "--name", "pp", "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
-             f"http://127.0.0.1:{peer}", "--initial-cluster", f"pp=http://127.0.0.1:{peer}"],
+             "--listen-peer-urls", f"http://{address}:{peer}", "--initial-advertise-peer-urls",
+             f"http://{address}:{peer}", "--initial-cluster", f"pp=http://{address}:{peer}"],
             stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        probe = [*inside, sys.executable, "-c", "import sys, urllib.request; "
+                 "urllib.request.urlopen(sys.argv[1] + '/version', timeout=1)", self.endpoint]
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                Client([self.endpoint], timeout=1).range_prefix("/")
-                return
-            except EtcdError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError("etcd did not start")
-                time.sleep(0.1)
+        while subprocess.run(probe, capture_output=True).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("etcd did not start")
+            time.sleep(0.1)
 
     def stop(self):
         if self.proc.poll() is None:
