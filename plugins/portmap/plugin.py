@@ -5,7 +5,7 @@ Each operation is one nftables transaction under a per-table lock; rules are fou
 
 import logging
 
-from cni import nftables, skel
+from cni import conntrack, nftables, skel
 from cni.errors import CHECK_FAILED, CNIError, IO_FAILURE, NOT_AVAILABLE, config_error
 from plugins.portmap import config as configs, localnet, rules
 from plugins.portmap.rules import TABLE
@@ -38,6 +38,7 @@ def add(request: skel.Request) -> dict:
         _apply(script, config)
     if localnet_ifname:
         _enable_localnet(localnet_ifname, tag)
+    conntrack.forget_udp(m.host_port for m in config.mappings if m.protocol == "udp")
     return config.prev_result
 
 

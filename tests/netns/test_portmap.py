@@ -1,11 +1,13 @@
 """portmap reachability, for real: each path, tcp and udp, IPv4 and IPv6, inside a throwaway host."""
 
+import sys
+
 import pytest
 
 from tests import kernel
 from tests.cnitool import PluginFailed
 from tests.netns.test_portmap_env import (HOST_EXT, HOST_EXT_OTHER, SERVER_PORT, bin_dir, environment,
-                                          mappings, request)
+                                          mappings, request, unmap)
 
 pytestmark = pytest.mark.skipif(not kernel.sh("which", "nft", check=False).stdout, reason="nft missing")
 
@@ -128,3 +130,37 @@ def test_chained_after_podplumb_bridge(env_factory, cni_bin):
         env.delete(pod)
         assert env.tagged_rules("pod-a") == []
 
+
+
+_UDP_FROM_PORT = r"""
+import socket, sys
+host, port, source_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", source_port))
+s.settimeout(2)
+s.connect((host, port))
+s.send(b"hi")
+try:
+    print(s.recv(200).decode())
+except OSError as e:
+    print("ERR", type(e).__name__)
+"""
+
+
+def _udp_from(ns: str, host: str, port: int, source_port: int) -> str:
+    return kernel.sh(sys.executable, "-c", _UDP_FROM_PORT, host, str(port), str(source_port), ns=ns).stdout.strip()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_udp_flow_that_began_before_the_mapping_reaches_the_pod(env_factory, family):
+    """A UDP 'connection' tracked before its port was mapped keeps bypassing DNAT until conntrack
+    forgets it: ADD forgets the UDP entries of the host ports it maps."""
+    host = HOST_EXT[FAMILY_INDEX[family]]
+    with env_factory() as env:
+        env.pod("pod-a", mappings((8090, SERVER_PORT, "udp")))    # our nat table exists: flows are tracked
+        assert _udp_from(env.client, host, 8085, 40085).startswith("ERR")   # nothing on 8085 yet
+        env.pod("pod-b", mappings((8085, SERVER_PORT, "udp")))
+        name, peer = _udp_from(env.client, host, 8085, 40085).split()
+        assert (name, unmap(peer)) == ("pod-b", CLIENT[family])
