@@ -19,10 +19,10 @@ import os
 import re
 import subprocess
 
+from cni import tools
 from cni.errors import CNIError, KERNEL_FAILURE
 
 FAMILY = "inet"
-NFT = "nft"
 COMMENT_LIMIT = 128          # nft refuses longer comments
 EXEC_TIMEOUT = 30
 
@@ -296,12 +296,17 @@ class Table:
                                                   if r.attachment_hash not in keep])
 
 
+def _nft_binary() -> str:
+    found = tools.find("nft")
+    if found is None:
+        raise NftError("the nft command is not installed", "nft is on neither PATH nor the sbin directories")
+    return found
+
+
 def _nft(args, stdin: str | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run([NFT, *args], input=stdin, capture_output=True, text=True,
+        return subprocess.run([_nft_binary(), *args], input=stdin, capture_output=True, text=True,
                               timeout=EXEC_TIMEOUT)
-    except FileNotFoundError:
-        raise NftError("the nft command is not installed", f"{NFT} not found on PATH") from None
     except subprocess.TimeoutExpired:
         raise NftError("nft did not answer in time", f"{' '.join(args)}: over {EXEC_TIMEOUT}s") from None
 

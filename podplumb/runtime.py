@@ -5,6 +5,7 @@ Used by the demo, the tests and the benchmarks."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 
 
@@ -49,8 +50,8 @@ def exec_plugin(bin_dir, plugin_type, command, config, *, container_id="", netns
         call_env["CNI_PATH"] = cni_path
     call_env.update(env or {})
     argv = [os.path.join(str(bin_dir), plugin_type)]
-    if host_ns:
-        argv = ["ip", "netns", "exec", host_ns] + argv
+    if host_ns:   # `ip` is found on our own PATH: the plugin's environment may have none
+        argv = [shutil.which("ip") or "/usr/sbin/ip", "netns", "exec", host_ns] + argv
     proc = subprocess.run(argv, input=stdin, env=call_env, capture_output=True, timeout=timeout)
     return Run(proc.returncode, proc.stdout, proc.stderr)
 

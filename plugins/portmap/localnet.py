@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 
+from cni import tools
+
 LOG = logging.getLogger("podplumb")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,15}$")
@@ -15,7 +17,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,15}$")
 def route_interface(address: str) -> str | None:
     """The interface this (host) namespace routes `address` through, None if unknown."""
     try:
-        proc = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True, timeout=10)
+        proc = subprocess.run([tools.find("ip") or "ip", "-j", "route", "get", address], capture_output=True,
+                              text=True, timeout=10)
         dev = json.loads(proc.stdout)[0].get("dev") if proc.returncode == 0 else None
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
         LOG.warning("portmap: cannot find the interface routing to %s: %s", address, e)

@@ -324,3 +324,15 @@ def test_enabledad_waits_for_duplicate_address_detection(plugin_host, netns, dat
     assert not any(a.get("tentative") for a in addresses)
     assert kernel.ping(pod, result["ips"][0]["gateway"])
     net.delete("ctr", kernel.netns_path(pod))
+
+
+def test_works_with_an_empty_path_environment(plugin_host, netns, data_dir):
+    """A runtime may run plugins with a bare environment: nft is still found (it lives in /usr/sbin)."""
+    conflist = bridge_conflist(data_dir, ipMasq=True, macspoofchk=True)
+    net = plugin_host.network(conflist)
+    net.env = {"PATH": ""}
+    pod = netns("pod")
+    net.add("ctr", kernel.netns_path(pod))
+    net.check("ctr", kernel.netns_path(pod))
+    net.delete("ctr", kernel.netns_path(pod))
+    assert kernel.sh("nft", "list", "tables", ns=plugin_host.ns).stdout.strip() == ""

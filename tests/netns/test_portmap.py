@@ -164,3 +164,11 @@ def test_udp_flow_that_began_before_the_mapping_reaches_the_pod(env_factory, fam
         env.pod("pod-b", mappings((8085, SERVER_PORT, "udp")))
         name, peer = _udp_from(env.client, host, 8085, 40085).split()
         assert (name, unmap(peer)) == ("pod-b", CLIENT[family])
+
+
+def test_localhost_mapping_with_a_bare_environment(env_factory, host_ns):
+    """A runtime may run plugins with no PATH: nft and ip are still found, 127.0.0.1 still maps."""
+    with env_factory() as env:
+        env.network.env = {"PATH": ""}
+        env.pod("pod-a", mappings((8080, SERVER_PORT, "tcp")))
+        assert request(env.host, "tcp", "127.0.0.1", 8080) == ("pod-a", GATEWAY[4])
