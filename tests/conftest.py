@@ -70,11 +70,11 @@ class PluginHost:
         self.daemon = daemon
 
     def network(self, conflist, path=None):
-        from tests.cnitool import Network
+        from podplumb.runtime import Network
         return Network(conflist, self.bin_dir, host_ns=self.ns, path=path)
 
     def exec(self, plugin_type, command, config, **kw):
-        from tests.cnitool import exec_plugin
+        from podplumb.runtime import exec_plugin
         return exec_plugin(self.bin_dir, plugin_type, command, config, host_ns=self.ns, **kw)
 
 

@@ -3,8 +3,7 @@ RPC, plus the contract's sizing and naming rules (docs/csi-contract.md)."""
 
 import pytest
 
-from .conftest import (CAPACITY, MiB, Code, Mode, TOPOLOGY_KEY, block_cap, code_of, kind_cap,
-                       mount_cap, pb, rpc_error)
+from .conftest import CAPACITY, TOPOLOGY_KEY, Code, MiB, Mode, block_cap, code_of, kind_cap, mount_cap, pb, rpc_error
 
 MULTI_NODE = [Mode.MULTI_NODE_READER_ONLY, Mode.MULTI_NODE_SINGLE_WRITER,
               Mode.MULTI_NODE_MULTI_WRITER]

@@ -7,8 +7,7 @@ import uuid
 
 import pytest
 
-from .conftest import (MiB, Code, code_of, is_mountpoint, kind_cap, mount_cap, mount_count,
-                       mounts_under, pb)
+from .conftest import Code, MiB, code_of, is_mountpoint, kind_cap, mount_cap, mount_count, mounts_under, pb
 
 BANNED_NAME_CHARS = ["\x00", "\x07", "\x1b", "\x7f", "\x85"]
 

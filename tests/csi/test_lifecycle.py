@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from .conftest import EXT4_ONLINE_GROW, KINDS, MiB, Code, Mode, kind_cap, code_of, is_mountpoint, pb
+from .conftest import EXT4_ONLINE_GROW, KINDS, Code, MiB, Mode, code_of, is_mountpoint, kind_cap, pb
 
 BLKGETSIZE64 = 0x80081272
 

@@ -6,8 +6,21 @@ import stat
 
 import pytest
 
-from .conftest import (EXT4_ONLINE_GROW, MiB, Code, Mode, block_cap, code_of, is_mountpoint, kind_cap,
-                       loops_for_file, mount_cap, mount_count, pb, settle)
+from .conftest import (
+    EXT4_ONLINE_GROW,
+    Code,
+    MiB,
+    Mode,
+    block_cap,
+    code_of,
+    is_mountpoint,
+    kind_cap,
+    loops_for_file,
+    mount_cap,
+    mount_count,
+    pb,
+    settle,
+)
 
 UNKNOWN_VOL = "vol-" + "0" * 32
 KINDS_FAST = ["bind", "ext4", "block"]

@@ -9,9 +9,18 @@ import time
 
 import grpc
 
-from .conftest import (RPC_TIMEOUT, driver_children, is_mountpoint, kind_cap,
-                       loops_backed_under, loops_for_file, mount_count, mounts_under, pb,
-                       settle)
+from .conftest import (
+    RPC_TIMEOUT,
+    driver_children,
+    is_mountpoint,
+    kind_cap,
+    loops_backed_under,
+    loops_for_file,
+    mount_count,
+    mounts_under,
+    pb,
+    settle,
+)
 from .test_lifecycle import payload, read_data, write_data
 
 KINDS_RESTART = ["bind", "ext4", "block"]

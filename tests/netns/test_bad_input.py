@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests import kernel
-from tests.netns.bridge_helpers import leases, host_links
+from tests.netns.bridge_helpers import host_links, leases
 
 GOOD = {"cniVersion": "1.0.0", "name": "badnet", "type": "bridge", "bridge": "ppbad0", "isGateway": True,
         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.66.0.0/24"}]]}}

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from podplumb.runtime import PluginFailed
 from tests import kernel
-from tests.cnitool import PluginFailed
-from tests.netns.bridge_helpers import VERSIONS, bridge_conflist, pod_addresses, leases, host_links
+from tests.netns.bridge_helpers import VERSIONS, bridge_conflist, host_links, leases, pod_addresses
 
 
 @pytest.mark.parametrize("version", VERSIONS)

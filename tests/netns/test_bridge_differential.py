@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from podplumb.runtime import Network
 from tests import kernel
-from tests.cnitool import Network
 from tests.conftest import REFERENCE_BIN, reference_available
 
 pytestmark = pytest.mark.skipif(not reference_available(), reason="containernetworking-plugins not installed")

@@ -4,7 +4,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -14,8 +13,8 @@ import pytest
 
 from podplumb import client
 from podplumb.install import PLUGINS, install
+from podplumb.runtime import exec_plugin
 from tests import kernel
-from tests.cnitool import exec_plugin
 from tests.netns.bridge_helpers import bridge_conflist, leases, pod_addresses
 
 BRIDGE = PLUGINS["bridge"]

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from podplumb.install import install
-from tests.cnitool import exec_plugin
+from podplumb.runtime import exec_plugin
 
 REFERENCE_BIN = "/usr/lib/cni"
 REFERENCE_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")

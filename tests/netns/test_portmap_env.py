@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
+from podplumb.runtime import Network, exec_plugin
 from tests import kernel
-from tests.cnitool import Network, exec_plugin
 
 REFERENCE_BIN = "/usr/lib/cni"
 HOST_EXT = ("192.0.2.1", "2001:db8:e::1")       # host_ns address on the "outside" link

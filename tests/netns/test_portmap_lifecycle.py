@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from podplumb.runtime import PluginFailed
 from tests import kernel
-from tests.cnitool import PluginFailed
 from tests.netns.test_portmap_env import HOST_EXT, HOST_EXT_OTHER, SERVER_PORT, bin_dir, environment, mappings, request
 
 pytestmark = pytest.mark.skipif(not kernel.sh("which", "nft", check=False).stdout, reason="nft missing")

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from plugins.vxlan import vtep
+from podplumb.overlay.lab import data_centre, pod_ip
+from podplumb.runtime import Network, PluginFailed, exec_plugin
 from tests import kernel
-from tests.cnitool import Network, PluginFailed, exec_plugin
 from tests.netns.bridge_helpers import leases
-from tests.netns.vxlan_helpers import (VNI, conflist, data_centre, link_names, overlay_routes, pod_ip,
-                                       tcp_transfer, vxlan_plugin)
+from tests.netns.vxlan_helpers import VNI, conflist, link_names, overlay_routes, tcp_transfer, vxlan_plugin
 
 VTEP = f"ppvx.{VNI}"
 

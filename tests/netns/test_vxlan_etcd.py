@@ -12,11 +12,20 @@ import pytest
 from podplumb.install import install
 from podplumb.overlay import lab, subnets
 from podplumb.overlay.etcd import Client
+from podplumb.overlay.lab import data_centre, pod_ip
+from podplumb.runtime import Network
 from tests import kernel
-from tests.cnitool import Network
 from tests.conftest import NodeDaemon
-from tests.netns.vxlan_helpers import (VNI, EtcdServer, RegistryProcess, conflist, data_centre, overlay_routes,
-                                       pod_ip, tcp_transfer, vxlan_plugin, wait_for)
+from tests.netns.vxlan_helpers import (
+    VNI,
+    EtcdServer,
+    RegistryProcess,
+    conflist,
+    overlay_routes,
+    tcp_transfer,
+    vxlan_plugin,
+    wait_for,
+)
 
 VTEP = f"ppvx.{VNI}"
 CIDR = "10.88.0.0/16"

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from podplumb.overlay import lab
-from podplumb.overlay.lab import Host, data_centre, pod_ip  # noqa: F401  (re-exported for the tests)
+from podplumb.overlay.lab import Host
 from tests import kernel
 
 VNI = 77

@@ -10,7 +10,6 @@ from cni.version import SUPPORTED
 from plugins.host_local.plugin import PLUGIN
 from tests import kernel
 
-
 # ---- helpers shared by the other test_host_local* modules ----
 
 

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 
-
 from tests.unit.test_host_local import files, leases, network
 
 PROCESSES = 32

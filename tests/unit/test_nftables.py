@@ -12,7 +12,6 @@ from cni import nftables
 from cni.nftables import BaseChain, Rule, Script, facts_of, match, statement
 from tests import kernel
 
-
 # ---- tags -----------------------------------------------------------------------------------------
 
 def test_tag_shape_and_stability():

@@ -9,7 +9,8 @@ from cni import nftables
 from cni.errors import CNIError
 from cni.nftables import Listing, Rule
 from cni.skel import parse_request
-from plugins.portmap import config as configs, rules
+from plugins.portmap import config as configs
+from plugins.portmap import rules
 from plugins.portmap.rules import HostPort
 
 PREV = {"cniVersion": "1.0.0",
