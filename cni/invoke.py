@@ -1,13 +1,12 @@
 """Calling a delegate plugin (IPAM): in-process when it is one of ours, else exec it from CNI_PATH."""
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
 import subprocess
 
-from cni import result as results
+from cni import result as results, skel
 from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, DECODE_FAILURE, TRY_AGAIN_LATER
 from cni.skel import Request
 
@@ -55,8 +54,7 @@ def delegate(request: Request, command: str | None = None):
 
 
 def _in_process(module: str, request: Request):
-    name, _, attr = module.partition(":")
-    plugin = getattr(importlib.import_module(name), attr or "PLUGIN")
+    plugin = skel.load_plugin(module)
     handler = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
                "STATUS": plugin.status, "GC": plugin.gc}[request.command]
     return handler(request)

@@ -5,7 +5,6 @@ short-lived thread inside it, and a missing namespace is an error, never created
 Kernel errors become CNIError.
 """
 
-import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -102,15 +101,23 @@ class Namespace:
             raise kernel_error(f"cannot create bridge {name}", e) from None
         return True
 
-    def add_veth(self, host_name: str, peer_name: str, peer_netns: str, mtu: int = 0, peer_mac: str | None = None):
-        """A veth pair whose peer is born inside `peer_netns` (never visible in this namespace)."""
+    def add_veth(self, host_name: str, peer_name: str, peer_netns: str, mtu: int = 0,
+                 peer_mac: str | None = None) -> bool:
+        """A veth pair whose peer is born inside `peer_netns` (never visible in this namespace);
+        False when one of the two names is taken."""
         peer = {"ifname": peer_name, "net_ns_fd": peer_netns}
         kwargs = {}
         if mtu:
             peer["mtu"] = kwargs["mtu"] = mtu
         if peer_mac:
             peer["address"] = peer_mac
-        self.ipr.link("add", ifname=host_name, kind="veth", peer=peer, **kwargs)
+        try:
+            self.ipr.link("add", ifname=host_name, kind="veth", peer=peer, **kwargs)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise kernel_error(f"cannot create veth pair for {peer_name}", e) from None
+        return True
 
     def set_link(self, index: int, **attrs):
         try:
@@ -202,9 +209,9 @@ class Namespace:
                 out.append((f"{dst}/{m['dst_len']}", m.get_attr("RTA_GATEWAY"), oif))
         return out
 
-    def add_route(self, index: int, dst: str, gateway: str | None = None, **extra):
+    def add_route(self, index: int, dst: str, gateway: str | None = None):
         net = ipaddress.ip_network(dst, strict=False)
-        kwargs = {"dst": str(net), "oif": index, **extra}
+        kwargs = {"dst": str(net), "oif": index}
         if gateway:
             kwargs["gateway"] = gateway
         try:
@@ -351,12 +358,3 @@ def _to_link(msg) -> Link:
                 mac=msg.get_attr("IFLA_ADDRESS") or "", mtu=msg.get_attr("IFLA_MTU") or 0,
                 master=msg.get_attr("IFLA_MASTER") or 0, peer=msg.get_attr("IFLA_LINK") or 0,
                 up=bool(msg["flags"] & 1), hairpin=hairpin, isolated=isolated)
-
-
-@contextlib.contextmanager
-def opened(path: str | None = None):
-    ns = Namespace(path)
-    try:
-        yield ns
-    finally:
-        ns.close()

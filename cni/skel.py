@@ -4,6 +4,7 @@ It never prints: the launcher and the node daemon decide where the bytes go.
 """
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -64,6 +65,12 @@ class Plugin:
     status: Callable[[Request], None]
     gc: Callable[[Request], None]
     versions: tuple = versions.SUPPORTED
+
+
+def load_plugin(module: str) -> Plugin:
+    """The Plugin named "package.module:ATTRIBUTE" (ATTRIBUTE defaults to PLUGIN)."""
+    name, _, attr = module.partition(":")
+    return getattr(importlib.import_module(name), attr or "PLUGIN")
 
 
 def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:

@@ -8,7 +8,6 @@ With systemd socket activation (LISTEN_PID/LISTEN_FDS) the listening socket is f
 
 import argparse
 import contextlib
-import importlib
 import io
 import logging
 import os
@@ -94,7 +93,7 @@ def warm_up(plugins: dict):
     started = time.monotonic()
     for name, module in PLUGINS.items():
         try:
-            plugins[module] = resolve(module)
+            plugins[module] = skel.load_plugin(module)
         except ImportError as e:
             LOG.info("plugin %s not available here: %s", name, e)
     from pyroute2 import IPRoute
@@ -104,11 +103,6 @@ def warm_up(plugins: dict):
         ipr.get_routes()
     LOG.info("warm in %.2fs: %s", time.monotonic() - started,
              ", ".join(name for name, module in PLUGINS.items() if module in plugins))
-
-
-def resolve(module: str) -> skel.Plugin:
-    name, _, attr = module.partition(":")
-    return getattr(importlib.import_module(name), attr or "PLUGIN")
 
 
 def listen(path: str) -> tuple[socket.socket, bool]:
@@ -271,7 +265,7 @@ def serve(plugins: dict, module: str, env: dict, stdin: bytes) -> tuple[bytes, i
     plugin = plugins.get(module)
     if plugin is None:
         try:
-            plugin = plugins[module] = resolve(module)
+            plugin = plugins[module] = skel.load_plugin(module)
         except ImportError as e:
             return _refuse(stdin, f"plugin module {module!r} is not installed with the daemon", str(e))
     return skel.run(plugin, env, stdin)

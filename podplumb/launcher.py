@@ -2,7 +2,6 @@
 `python -I -S` (no site: no .pth files) and imports only the standard library and our own small
 modules until it knows the plugin must run in this process."""
 
-import importlib
 import os
 import sys
 
@@ -33,7 +32,5 @@ def _serve(module: str, env: dict, stdin: bytes, daemon_socket: str | None,
 
 
 def run_in_process(module: str, env: dict, stdin: bytes) -> tuple[bytes, int]:
-    name, _, attr = module.partition(":")
-    plugin = getattr(importlib.import_module(name), attr or "PLUGIN")
     from cni import skel
-    return skel.run(plugin, env, stdin)
+    return skel.run(skel.load_plugin(module), env, stdin)

@@ -11,7 +11,7 @@ from plugins.bridge import config, macspoof, setup
 
 def add(request: skel.Request) -> dict:
     conf = config.load(request)
-    with netlink.opened(request.netns) as container, netlink.opened() as host, Rollback() as undo:
+    with netlink.Namespace(request.netns) as container, netlink.Namespace() as host, Rollback() as undo:
         if container.link(request.ifname) is not None:
             raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
                            "DEL the earlier attachment first")
@@ -96,14 +96,14 @@ def delete(request: skel.Request):
     # Deleting either end of a veth removes the pair: the host end named by prevResult needs no
     # trip into the pod's namespace, which may be gone already (CNI_NETNS is empty then).
     host_name = _host_interface(_prev_result(request))
-    with netlink.opened() as host:
+    with netlink.Namespace() as host:
         veth = host.link(host_name) if host_name else None
         bridge = host.link(conf.bridge) if veth else None
         ours = veth is not None and veth.kind == "veth" and bridge is not None and veth.master == bridge.index
         removed = ours and host.delete_link(host_name)
     if not removed and request.netns:
         try:
-            with netlink.opened(request.netns) as container:
+            with netlink.Namespace(request.netns) as container:
                 container.delete_link(request.ifname)
         except CNIError:
             pass  # the namespace is gone, and the pair with it
@@ -135,7 +135,7 @@ def check(request: skel.Request):
     pod_entry = next((i for i in prev["interfaces"] if i.get("name") == request.ifname and i.get("sandbox")), None)
     if pod_entry is None:
         raise _check_failed(f"prevResult has no interface {request.ifname} in a sandbox")
-    with netlink.opened(request.netns) as container, netlink.opened() as host:
+    with netlink.Namespace(request.netns) as container, netlink.Namespace() as host:
         pod = container.link(request.ifname)
         if pod is None:
             raise _check_failed(f"interface {request.ifname} is missing from {request.netns}")

@@ -1,14 +1,11 @@
 """The host and container sides of a bridge attachment: bridge, veth pair, addresses, routes."""
 
-import errno
 import ipaddress
 import secrets
 
-from pyroute2 import NetlinkError
-
 from cni import sysctl
 from cni.errors import CNIError, LINK_CONFLICT
-from cni.netlink import Namespace, kernel_error
+from cni.netlink import Namespace
 
 from plugins.bridge.config import BridgeConfig
 
@@ -41,12 +38,10 @@ def create_veth(host: Namespace, conf: BridgeConfig, netns: str, ifname: str) ->
     """A veth pair: a random host-side name, the container side born as `ifname` inside netns."""
     for _ in range(5):
         host_name = "veth" + secrets.token_hex(4)
-        try:
-            host.add_veth(host_name, ifname, netns, mtu=conf.mtu, peer_mac=conf.mac)
+        if host.add_veth(host_name, ifname, netns, mtu=conf.mtu, peer_mac=conf.mac):
             return host_name
-        except NetlinkError as e:
-            if e.code != errno.EEXIST or host.link(host_name) is None:
-                raise kernel_error(f"cannot create veth pair for {ifname}", e) from None
+        if host.link(host_name) is None:   # the taken name is the pod's, not our random one
+            raise CNIError(LINK_CONFLICT, f"interface {ifname} already exists in {netns}")
     raise CNIError(LINK_CONFLICT, "cannot find a free host-side veth name")
 
 
@@ -106,11 +101,3 @@ def configure_container(container: Namespace, conf: BridgeConfig, ifname: str, i
         version = ipaddress.ip_network(route["dst"], strict=False).version
         container.add_route(link.index, route["dst"], route.get("gw") or gateways.get(version))
     return container.link(index=link.index)
-
-
-def host_veth_of(host: Namespace, container_link) -> str | None:
-    """The host-side name of a container veth, from its peer index."""
-    if container_link is None or not container_link.peer:
-        return None
-    peer = host.link(index=container_link.peer)
-    return peer.name if peer and peer.kind == "veth" else None

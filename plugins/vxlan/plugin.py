@@ -15,7 +15,7 @@ from plugins.vxlan import config, delegate, lock, peers, resolve, vtep
 
 def add(request: skel.Request) -> dict:
     conf = config.load(request)
-    with lock.held(conf.lock_file), netlink.opened() as host, Rollback() as undo:
+    with lock.held(conf.lock_file), netlink.Namespace() as host, Rollback() as undo:
         spec = resolve.host_spec(conf, host)
         static_peers = None if conf.cluster_mode else resolve.static_peers(conf, spec)
         link, created = vtep.ensure(host, spec)
@@ -34,7 +34,7 @@ def delete(request: skel.Request):
 
 def check(request: skel.Request):
     conf = config.load(request)
-    with netlink.opened() as host:
+    with netlink.Namespace() as host:
         spec = resolve.host_spec(conf, host)
         found = vtep.problems(host, spec)
         if not found and not conf.cluster_mode:
@@ -48,7 +48,7 @@ def status(request: skel.Request):
     """Ready when this host knows its subnet (cluster mode: the registry's lease) and underlay, and
     IPAM can lease an address."""
     conf = config.load(request)
-    with netlink.opened() as host:
+    with netlink.Namespace() as host:
         spec = resolve.host_spec(conf, host)
     bridge.status(delegate.bridge_request(request, conf, spec.subnet, spec.mtu))
 
@@ -61,7 +61,7 @@ def gc(request: skel.Request):
         bridge.gc(delegate.bridge_request(request, conf))
         if conf.cluster_mode or request.config.get("cni.dev/valid-attachments"):
             return
-        with netlink.opened() as host:
+        with netlink.Namespace() as host:
             if host.vxlan(conf.vtep) is not None:
                 host.delete_link(conf.vtep)
 

@@ -68,7 +68,7 @@ class Registry:
     # registration
     def _register(self):
         s = self.settings
-        with netlink.opened(s.netns) as host:
+        with netlink.Namespace(s.netns) as host:
             link = underlay.find(host, s.underlay_ip)
         self._record = subnets.HostRecord(s.node, link.ip, vtep.mac_for(link.ip, s.conf.vni))
         self._lease = self.client.grant(s.ttl)
@@ -144,7 +144,7 @@ class Registry:
         """The VTEP as this host's lease says, and (once the registry was listed) exactly the
         known peers' entries on it."""
         conf = self.settings.conf
-        with self._kernel, lock.held(conf.lock_file), netlink.opened(self.settings.netns) as host:
+        with self._kernel, lock.held(conf.lock_file), netlink.Namespace(self.settings.netns) as host:
             spec = resolve.vtep_spec(conf, host, self.subnet, self._record.underlay_ip)
             link, _ = vtep.ensure(host, spec)
             if self._peers is not None:
