@@ -4,13 +4,19 @@ import logging
 import sys
 
 
+def level(name: str) -> int:
+    """A logging level from its name; an unknown name means WARNING rather than an error."""
+    value = logging.getLevelName(str(name).upper())
+    return value if isinstance(value, int) else logging.WARNING
+
+
 def configure(env):
     """Once per process: a no-op when the podplumb logger has handlers already (an earlier call,
     or the node daemon, which sets up its own logging and captures each request's logs itself)."""
     root = logging.getLogger("podplumb")
     if root.handlers:
         return
-    root.setLevel(env.get("PODPLUMB_LOG_LEVEL", "WARNING").upper())
+    root.setLevel(level(env.get("PODPLUMB_LOG_LEVEL", "WARNING")))
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from cni import skel
+from cni import log, skel
 from cni.errors import INVALID_ENVIRONMENT
 from podplumb import client
 from podplumb.install import PLUGINS
@@ -297,7 +297,7 @@ def request_logs(env: dict):
     root = logging.getLogger("podplumb")
     captured = io.StringIO()
     handlers = [logging.StreamHandler(captured)]
-    handlers[0].setLevel(_level(env.get("PODPLUMB_LOG_LEVEL", "WARNING")))
+    handlers[0].setLevel(log.level(env.get("PODPLUMB_LOG_LEVEL", "WARNING")))
     if env.get("PODPLUMB_LOG_FILE"):
         try:
             handlers.append(logging.FileHandler(env["PODPLUMB_LOG_FILE"]))
@@ -314,8 +314,3 @@ def request_logs(env: dict):
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
-
-
-def _level(name: str) -> int:
-    level = logging.getLevelName(name.upper())
-    return level if isinstance(level, int) else logging.WARNING

@@ -21,13 +21,6 @@ sys.exit(main({module!r}, {socket!r}, {site_dir!r}))
 """
 
 
-def available() -> dict:
-    """The plugins whose module exists in this checkout (later issues add more)."""
-    import importlib.util
-    return {name: module for name, module in PLUGINS.items()
-            if importlib.util.find_spec(module.partition(":")[0]) is not None}
-
-
 def install(bin_dir: str, daemon_socket: str | None = None, python: str = sys.executable) -> list[str]:
     os.makedirs(bin_dir, exist_ok=True)
     # Where our packages are (this checkout for an editable install, else site-packages), and the
@@ -35,7 +28,7 @@ def install(bin_dir: str, daemon_socket: str | None = None, python: str = sys.ex
     code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     site_dir = sysconfig.get_path("purelib")
     written = []
-    for name, module in available().items():
+    for name, module in PLUGINS.items():
         path = os.path.join(bin_dir, name)
         temp = f"{path}.podplumb-tmp"
         with open(temp, "w") as f:

@@ -1,10 +1,11 @@
 """The CNI dispatcher as a plain function: environment checks, versions, errors, output conversion."""
 
 import json
+import logging
 
 import pytest
 
-from cni import skel
+from cni import log, skel
 from cni.errors import CNIError
 from cni.result import from_any, to_version
 
@@ -134,3 +135,9 @@ def test_prev_result_of_any_version_reads_into_current_shape():
     with pytest.raises(CNIError) as e:
         from_any({"ips": [{"address": "not-an-ip"}]}, "1.0.0")
     assert e.value.code == 6
+
+
+def test_an_unknown_log_level_does_not_break_the_call():
+    assert log.level("chatty") == logging.WARNING and log.level("info") == logging.INFO
+    out, code = run(PODPLUMB_LOG_LEVEL="chatty")
+    assert code == 0 and out["ips"]
