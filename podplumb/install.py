@@ -4,6 +4,8 @@ import os
 import sys
 import sysconfig
 
+from cni.invoke import MARKER   # how cni.invoke recognises our executables
+
 # Executable name -> the module:attribute holding its skel.Plugin.
 PLUGINS = {
     "bridge": "plugins.bridge.plugin:PLUGIN",
@@ -13,7 +15,7 @@ PLUGINS = {
 }
 
 _TEMPLATE = """#!{python} -IS
-# podplumb-plugin: {module}
+{marker}{module}
 import sys
 sys.path[:0] = [{code_root!r}]
 from podplumb.launcher import main
@@ -32,7 +34,7 @@ def install(bin_dir: str, daemon_socket: str | None = None, python: str = sys.ex
         path = os.path.join(bin_dir, name)
         temp = f"{path}.podplumb-tmp"
         with open(temp, "w") as f:
-            f.write(_TEMPLATE.format(python=python, module=module, socket=daemon_socket,
+            f.write(_TEMPLATE.format(python=python, marker=MARKER.decode(), module=module, socket=daemon_socket,
                                      code_root=code_root, site_dir=site_dir))
         os.chmod(temp, 0o755)
         os.replace(temp, path)   # atomic: a runtime never runs a half-written file
