@@ -5,7 +5,6 @@ bypassing the new DNAT rule until conntrack forgets it (UDP entries live on whil
 pyroute2 is imported only when there is something to forget: most calls map no UDP port."""
 
 import errno
-import socket
 
 
 def forget_udp(ports) -> int:
@@ -13,6 +12,8 @@ def forget_udp(ports) -> int:
     ports = set(ports)
     if not ports:
         return 0
+    import socket
+
     from pyroute2 import NetlinkError
     from pyroute2.conntrack import Conntrack
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple

@@ -22,6 +22,21 @@ def ifname(raw: dict, key: str, default: str) -> str:
     return value
 
 
+def network_name(raw: dict) -> str:
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise config_error("missing network name", "the config needs 'name'")
+    return name
+
+
+def ipam_type(raw: dict) -> str | None:
+    """The config's ipam.type; None without an ipam section (or with an empty type)."""
+    ipam = raw.get("ipam")
+    if ipam is not None and not (isinstance(ipam, dict) and isinstance(ipam.get("type"), str)):
+        raise config_error("invalid ipam", "'ipam' must be an object with a 'type'")
+    return (ipam or {}).get("type") or None
+
+
 def integer(raw: dict, key: str, default: int | None, low: int, high: int, zero_ok: bool = False) -> int:
     """`raw[key]` as an int in [low, high] (or 0 with `zero_ok`); a default of None makes it required."""
     if default is None and key not in raw:

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import traceback
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from cni import fields, log, version as versions
 from cni.errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,

@@ -43,9 +43,7 @@ _BOOLS = {
 
 def load(request: Request) -> BridgeConfig:
     raw = request.config
-    values = {"network": raw.get("name") or ""}
-    if not values["network"]:
-        raise config_error("missing network name", "the config needs 'name'")
+    values = {"network": fields.network_name(raw)}
     for key, field in _BOOLS.items():
         if key in raw:
             if not isinstance(raw[key], bool):
@@ -62,10 +60,7 @@ def load(request: Request) -> BridgeConfig:
     values["mac"] = _mac(request)
     if isinstance(raw.get("dns"), dict):
         values["dns"] = raw["dns"]
-    ipam = raw.get("ipam")
-    if ipam is not None and not (isinstance(ipam, dict) and isinstance(ipam.get("type"), str)):
-        raise config_error("invalid ipam", "'ipam' must be an object with a 'type'")
-    values["layer2_only"] = not (ipam and ipam.get("type"))
+    values["layer2_only"] = fields.ipam_type(raw) is None
     if values["layer2_only"] and values.get("is_gateway"):
         raise config_error("isGateway needs ipam", "a bridge without IPAM has no gateway address to set")
     if values.get("hairpin") and values.get("promisc"):

@@ -2,7 +2,7 @@
 
 import ipaddress
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 from cni.errors import CNIError, ADDRESS_EXHAUSTED, ADDRESS_IN_USE, config_error
 from plugins.host_local.ranges import Address, Range, RangeSet

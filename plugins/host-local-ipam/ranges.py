@@ -155,8 +155,7 @@ def parse_range(spec, where: str) -> Range:
     return found
 
 
-def parse_range_set(spec, index: int, where: str | None = None) -> RangeSet:
-    where = where or f"range set {index}"
+def parse_range_set(spec, index: int, where: str) -> RangeSet:
     if not isinstance(spec, list) or not spec:
         raise config_error(f"{where} must be a non-empty list of ranges", f"got {spec!r}")
     ranges = tuple(parse_range(r, f"{where}, range {i}" if len(spec) > 1 else where)

@@ -1,6 +1,6 @@
 """portmap: host port -> container port DNAT via nftables, chained after a main plugin.
 
-Each operation is one nftables transaction under a per-table lock; rules are found by their tag
+Each operation is one nftables transaction under the namespace's nft lock; rules are found by their tag
 (network, container ID, ifname), so nothing is stored."""
 
 import logging
@@ -22,6 +22,9 @@ def add(request: skel.Request) -> dict:
     addresses = _addresses(config, request)
     tag = nftables.tag(request.network, request.container_id, request.ifname)
     wanted = rules.desired(config, addresses, f"{request.container_id}/{request.ifname}")
+    localnet_ifname = _localnet_interface(config, addresses)   # runs `ip`: not under the lock
+    if localnet_ifname and localnet.enabled(localnet_ifname):
+        localnet_ifname = None     # on already (by us earlier, or by the admin): leave it be
     with TABLE.lock():
         listing = TABLE.list()
         rules.check_conflicts(wanted, listing, tag, request.network)
@@ -30,9 +33,6 @@ def add(request: skel.Request) -> dict:
             script.delete_rule(old)
         for w in wanted:
             script.add_rule(w.chain, w.text, nftables.comment(tag, *w.words))
-        localnet_ifname = _localnet_interface(config, addresses)
-        if localnet_ifname and localnet.enabled(localnet_ifname):
-            localnet_ifname = None     # on already (by us earlier, or by the admin): leave it be
         if localnet_ifname and localnet_ifname not in rules.guarded_interfaces(listing):
             script.add_rule(rules.GUARD, *rules.guard_rule(localnet_ifname))
         _apply(script, config)

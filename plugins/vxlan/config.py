@@ -60,9 +60,7 @@ def load(request: Request) -> VxlanConfig:
 
 def parse(raw: dict) -> VxlanConfig:
     """The plugin's settings from one network config (also read by the overlay registry)."""
-    network = raw.get("name")
-    if not isinstance(network, str) or not network:
-        raise config_error("missing network name", "the config needs 'name'")
+    network = fields.network_name(raw)
     vni = fields.integer(raw, "vni", None, 1, MAX_VNI)
     values = {"network": network, "vni": vni, "port": fields.integer(raw, "port", DEFAULT_PORT, 1, 65535),
               "mtu": fields.integer(raw, "mtu", 0, 68, 65535, zero_ok=True), "vtep": fields.ifname(raw, "vtep", f"ppvx.{vni}"),
@@ -76,9 +74,7 @@ def parse(raw: dict) -> VxlanConfig:
     if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
         raise config_error("'stateDir' must be an absolute path", f"got {state_dir!r}")
     values["state_dir"] = state_dir
-    ipam = raw.get("ipam")
-    if ipam is not None and not (isinstance(ipam, dict) and isinstance(ipam.get("type"), str)):
-        raise config_error("invalid ipam", "'ipam' must be an object with a 'type'")
+    fields.ipam_type(raw)
     return VxlanConfig(**values)
 
 

@@ -18,11 +18,11 @@ def add(request: skel.Request) -> dict:
     with lock.held(conf.lock_file), netlink.Namespace() as host, Rollback() as undo:
         spec = resolve.host_spec(conf, host)
         static_peers = None if conf.cluster_mode else resolve.static_peers(conf, spec)
-        link, created = vtep.ensure(host, spec)
+        index, created = vtep.ensure(host, spec)
         if created:
             undo.push("VTEP", lambda: host.delete_link(spec.name))
         if static_peers is not None:
-            peers.sync(host, link.index, static_peers)
+            peers.sync(host, index, static_peers)
         return bridge.add(delegate.bridge_request(request, conf, spec.subnet, spec.mtu))
 
 

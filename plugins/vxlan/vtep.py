@@ -9,7 +9,7 @@ import hashlib
 import ipaddress
 
 from cni.errors import CNIError, LINK_CONFLICT
-from cni.netlink import Link, Namespace
+from cni.netlink import Namespace
 
 # Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
 OVERHEAD = 50
@@ -46,9 +46,9 @@ class Spec:
         return ipaddress.IPv4Interface(f"{address_for(self.subnet)}/32")
 
 
-def ensure(host: Namespace, spec: Spec) -> tuple[Link, bool]:
+def ensure(host: Namespace, spec: Spec) -> tuple[int, bool]:
     """The VTEP as `spec` says, up. A vxlan link of that name with other tunnel settings is replaced.
-    Returns (link, created)."""
+    Returns (its ifindex, created)."""
     current = host.vxlan(spec.name)
     if current is None and host.link(spec.name) is not None:
         raise CNIError(LINK_CONFLICT, f"{spec.name} already exists but is not a vxlan link",
@@ -68,7 +68,7 @@ def ensure(host: Namespace, spec: Spec) -> tuple[Link, bool]:
             host.delete_address(link.index, str(address))
     host.add_address(link.index, str(spec.address))
     host.set_link(link.index, state="up")
-    return host.link(index=link.index), created
+    return link.index, created
 
 
 def problems(host: Namespace, spec: Spec) -> list[str]:

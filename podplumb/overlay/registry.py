@@ -146,9 +146,9 @@ class Registry:
         conf = self.settings.conf
         with self._kernel, lock.held(conf.lock_file), netlink.Namespace(self.settings.netns) as host:
             spec = resolve.vtep_spec(conf, host, self.subnet, self._record.underlay_ip)
-            link, _ = vtep.ensure(host, spec)
+            index, _ = vtep.ensure(host, spec)
             if self._peers is not None:
-                peers.sync(host, link.index, self._peers)
+                peers.sync(host, index, self._peers)
 
     def _close_watch(self):
         watch = self._watch
