@@ -55,16 +55,17 @@ def main(argv=None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
     overlay = None
-    if args.overlay_config:
-        from podplumb.overlay import registry, settings
-        # NODE_NAME (a DaemonSet sets it from the downward API) names this host; else its hostname.
-        overlay = registry.Registry(settings.load(args.overlay_config, node=os.environ.get("NODE_NAME")))
-        overlay.start()
-    # Warm up while already serving: a socket-activated first call is answered as soon as possible
-    # (it waits for the imports it needs, no longer).
-    threading.Thread(target=warm_up, args=(plugins,), daemon=True, name="warm-up").start()
-    LOG.info("serving on %s (pid %d)", args.socket, os.getpid())
     try:
+        if args.overlay_config:
+            try:
+                overlay = _start_overlay(args.overlay_config)
+            except Exception as e:   # etcd unreachable, a bad config: said once, and the socket goes
+                LOG.error("overlay registry cannot start: %s", e)
+                return 1
+        # Warm up while already serving: a socket-activated first call is answered as soon as possible
+        # (it waits for the imports it needs, no longer).
+        threading.Thread(target=warm_up, args=(plugins,), daemon=True, name="warm-up").start()
+        LOG.info("serving on %s (pid %d)", args.socket, os.getpid())
         server.serve()
     finally:
         if overlay:
@@ -76,6 +77,14 @@ def main(argv=None) -> int:
         LOG.warning("%d call(s) still running after %gs; exiting", server.in_flight, args.drain_timeout)
     LOG.info("stopped")
     return 0
+
+
+def _start_overlay(config_path: str):
+    from podplumb.overlay import registry, settings
+    # NODE_NAME (a DaemonSet sets it from the downward API) names this host; else its hostname.
+    overlay = registry.Registry(settings.load(config_path, node=os.environ.get("NODE_NAME")))
+    overlay.start()
+    return overlay
 
 
 def _configure_logging(level: str):

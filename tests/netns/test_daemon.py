@@ -300,3 +300,18 @@ def test_socket_activation(host_ns, tmp_path):
             proc.wait()
         if os.path.exists(socket_path):
             os.unlink(socket_path)
+
+
+def test_overlay_that_cannot_start_stops_the_daemon_cleanly(host_ns, tmp_path):
+    config = tmp_path / "overlay.conflist"
+    config.write_text(json.dumps({"cniVersion": "1.1.0", "name": "ovl", "plugins": [{
+        "type": "vxlan", "vni": 42, "stateDir": str(tmp_path / "state"),
+        "cluster": {"etcdEndpoints": ["http://127.0.0.1:9"], "cidr": "10.99.0.0/16",
+                    "dataDir": str(tmp_path / "registry")}}]}))
+    socket_path = tmp_path / "d.sock"
+    podplumb = os.path.join(os.path.dirname(sys.executable), "podplumb")
+    proc = subprocess.run(["ip", "netns", "exec", host_ns, podplumb, "daemon", "--socket", str(socket_path),
+                           "--overlay-config", str(config)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "overlay registry cannot start" in proc.stderr and "Traceback" not in proc.stderr
+    assert not socket_path.exists()
