@@ -19,9 +19,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +34,9 @@ TIMEOUT = 300
 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+from csi import mounts  # noqa: E402
+from csi.launcher import DriverProcess  # noqa: E402
 from csi.v1 import csi_pb2 as pb  # noqa: E402
-from csi.v1 import csi_pb2_grpc as pb_grpc  # noqa: E402
 
 Mode = pb.VolumeCapability.AccessMode.Mode
 STEPS = ("create", "stage", "publish", "write", "unpublish", "unstage", "delete")
@@ -57,72 +56,31 @@ def parse_args(argv):
 
 
 # ------------------------------------------------------------------ driver
-class Driver:
-    """The driver in a subprocess, with its own state dir and socket."""
+class Driver(DriverProcess):
+    """The driver in a subprocess, with its own state dir, socket and log under root."""
 
     def __init__(self, root):
-        self.root = root
-        self.state_dir = os.path.join(root, "state")
-        self.socket = os.path.join(root, "csi.sock")
         self.log = open(os.path.join(root, "driver.log"), "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "csi.server", "--endpoint", f"unix://{self.socket}",
-             "--node-id", "bench-node", "--state-dir", self.state_dir, "--log-level", "warning"],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        self.channel = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"driver exited with {self.proc.returncode}; see {self.log.name}")
-            if os.path.exists(self.socket):
-                self.channel = grpc.insecure_channel(f"unix://{self.socket}")
-                self.controller = pb_grpc.ControllerStub(self.channel)
-                self.node = pb_grpc.NodeStub(self.channel)
-                try:
-                    pb_grpc.IdentityStub(self.channel).Probe(pb.ProbeRequest(), timeout=2)
-                    return
-                except grpc.RpcError:
-                    self.channel.close()
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("driver did not become ready in 30 s")
+        super().__init__(os.path.join(root, "state"), os.path.join(root, "csi.sock"),
+                         node_id="bench-node", args=["--log-level", "warning"], stderr=self.log,
+                         cwd=REPO, start_new_session=True)
+        try:
+            self.start(timeout=30)
+        except (RuntimeError, TimeoutError) as e:
+            self.stop()
+            raise RuntimeError(f"{e}; see {self.log.name}") from e
 
     def stop(self):
-        if self.channel is not None:
-            self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-def _mounts_under(root):
-    root = os.path.realpath(root)
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].replace("\\040", " ") for line in f]
-    return [p for p in points if p == root or p.startswith(root + "/")]
-
-
-def _loops_under(root):
-    out = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"],
-                         capture_output=True, text=True).stdout
-    devices = json.loads(out)["loopdevices"] if out.strip() else []
-    return [d["name"] for d in devices
-            if (d.get("back-file") or "").removesuffix(" (deleted)").startswith(root + "/")]
+        try:
+            return super().stop(timeout=15)
+        finally:
+            self.log.close()
 
 
 def scrub(root):
     """Remove what the driver may have left under root, then root itself."""
-    for point in sorted(set(_mounts_under(root)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-    for dev in _loops_under(root):
-        subprocess.run(["losetup", "-d", dev], capture_output=True)
-    if not _mounts_under(root):
+    mounts.release_under(root)
+    if not mounts.mounts_under(root):
         shutil.rmtree(root, ignore_errors=True)
 
 

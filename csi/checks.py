@@ -24,13 +24,13 @@ MAX_FLAGS_BYTES = 4096
 _BANNED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def name(value, what="name"):
+def name(value):
     if not value:
-        raise InvalidArgument(f"{what} is required")
+        raise InvalidArgument("name is required")
     if len(value) > MAX_NAME:
-        raise InvalidArgument(f"{what} is longer than {MAX_NAME} characters")
+        raise InvalidArgument(f"name is longer than {MAX_NAME} characters")
     if _BANNED.search(value):
-        raise InvalidArgument(f"{what} contains control characters")
+        raise InvalidArgument("name contains control characters")
     return value
 
 

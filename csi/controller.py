@@ -1,20 +1,18 @@
 """CSI Controller service: volumes and snapshots as records plus files in the state dir."""
 
+import contextlib
 import json
-import logging
 import os
 
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from csi import checks, layout, mounts
 from csi.backends import BACKENDS
-from csi.driver import TOPOLOGY_KEY
-from csi.errors import (AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, NotFound,
-                        OutOfRange, ResourceExhausted, rpc)
+from csi.driver import TOPOLOGY_KEY, get_snapshot, get_volume, volume_condition
+from csi.errors import (AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, OutOfRange,
+                        ResourceExhausted, rpc)
 from csi.state import Snapshot, Volume
 from csi.v1 import csi_pb2, csi_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -97,12 +95,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                                 source_volume_id=snap.source_volume_id,
                                 creation_time=timestamp(snap.created), ready_to_use=True)
 
-    def _condition(self, tx, vol):
-        problem = self.driver.problem(tx, vol)
-        return csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "healthy")
-
-    def _published_nodes(self, tx, vol):
-        return [self.driver.config.node_id] if tx.publications(vol.id) else []
+    def _status(self, tx, vol, status_type):
+        """A ListVolumes or ControllerGetVolume VolumeStatus: publications and condition."""
+        stage, pubs = tx.stage(vol.id), tx.publications(vol.id)
+        return status_type(published_node_ids=[self.driver.config.node_id] if pubs else [],
+                           volume_condition=volume_condition(self.driver.problem(vol, stage, pubs)))
 
     def _reachable(self, topology):
         return topology.segments.get(TOPOLOGY_KEY) == self.driver.config.node_id
@@ -111,27 +108,15 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if extra_bytes > self.driver.available_bytes(tx):
             raise ResourceExhausted(f"not enough capacity for {extra_bytes} more bytes")
 
-    def _get_volume(self, tx, volume_id):
-        vol = tx.volume(volume_id) if layout.is_volume_id(volume_id) else None
-        if vol is None:
-            raise NotFound(f"volume {volume_id!r} does not exist")
-        return vol
-
     def _source(self, tx, content):
         """(type, id, record) of a CreateVolume content source."""
         which = content.WhichOneof("type")
         if which == "snapshot":
             sid = content.snapshot.snapshot_id
-            snap = tx.snapshot(sid) if layout.is_snapshot_id(sid) else None
-            if snap is None:
-                raise NotFound(f"source snapshot {sid!r} does not exist")
-            return "snapshot", sid, snap
+            return "snapshot", sid, get_snapshot(tx, sid, "source snapshot")
         if which == "volume":
             vid = content.volume.volume_id
-            vol = tx.volume(vid) if layout.is_volume_id(vid) else None
-            if vol is None:
-                raise NotFound(f"source volume {vid!r} does not exist")
-            return "volume", vid, vol
+            return "volume", vid, get_volume(tx, vid, "source volume")
         return "", "", None
 
     @staticmethod
@@ -175,7 +160,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     raise InvalidArgument(f"source has {source.fs_type}, not {', '.join(asked)}")
                 fs_type = source.fs_type      # the copy has the source's file system, or none
             if existing is not None:
-                created_fs = json.loads(existing.context).get("fsType", "")
+                created_fs = self._context(existing).get("fsType", "")
                 compatible = (existing.kind == kind and created_fs == fs_type
                               and (existing.source_type, existing.source_id) == (source_type, source_id)
                               and existing.size >= required and not (limit and existing.size > limit))
@@ -190,47 +175,49 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 self._provision(vol, source)
         return csi_pb2.CreateVolumeResponse(volume=self._volume_message(vol))
 
-    def _provision(self, vol, source):
-        """Build the volume in tmp/, move it in place, then record it."""
+    def _make(self, record, final, build, add):
+        """Make the files of a new volume or snapshot record: check capacity,
+        build(scratch) in tmp/, rename it to final, then add(tx) the record
+        (returning what add returns) once capacity is checked again. On any
+        failure whatever was made is removed."""
         with self.driver.store.transaction() as tx:
-            self._fits(tx, vol.size)
-        backend = BACKENDS[vol.kind]
-        scratch = self.driver.layout.scratch(vol.id)
-        final = self.driver.volume_path(vol)
+            self._fits(tx, record.size)
+        backend = BACKENDS[record.kind]
+        scratch = self.driver.layout.scratch(record.id)
         try:
-            if source is None:
-                backend.create(scratch, vol.size, vol.fs_type)
-            else:
-                source_path = (self.driver.layout.snapshot(source.id, source.kind)
-                               if isinstance(source, Snapshot) else self.driver.volume_path(source))
-                self._copy_quiesced(source, source_path, scratch, vol.size)
+            build(scratch)
             os.rename(scratch, final)
             with self.driver.store.transaction() as tx:
-                self._fits(tx, vol.size)
-                tx.add_volume(vol)
+                self._fits(tx, record.size)
+                return add(tx)
         except BaseException:
             for path in (scratch, final):
                 if os.path.lexists(path):
                     backend.delete(path)
             raise
 
+    def _provision(self, vol, source):
+        """Build the volume in tmp/, move it in place, then record it."""
+        def build(scratch):
+            if source is None:
+                BACKENDS[vol.kind].create(scratch, vol.size, vol.fs_type)
+            else:
+                source_path = (self.driver.layout.snapshot(source.id, source.kind)
+                               if isinstance(source, Snapshot) else self.driver.volume_path(source))
+                self._copy_quiesced(source, source_path, scratch, vol.size)
+
+        self._make(vol, self.driver.volume_path(vol), build, lambda tx: tx.add_volume(vol))
+
     def _copy_quiesced(self, source, source_path, target, size):
         """Copy a snapshot or volume; a mounted loop file system is frozen meanwhile."""
-        backend = BACKENDS[source.kind]
         staging = ""
         if isinstance(source, Volume) and source.kind == "loop":
             with self.driver.store.transaction() as tx:
                 stage = tx.stage(source.id)
             if stage and stage.access == "mount":
                 staging = stage.path
-        if not staging:
-            backend.copy(source_path, target, size, source.fs_type)
-            return
-        mounts.freeze(staging)
-        try:
-            backend.copy(source_path, target, size, source.fs_type)
-        finally:
-            mounts.thaw(staging)
+        with mounts.frozen(staging) if staging else contextlib.nullcontext():
+            BACKENDS[source.kind].copy(source_path, target, size)
 
     @rpc("volume_id")
     def DeleteVolume(self, request, context):
@@ -253,7 +240,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     @rpc("volume_id", "volume_capabilities")
     def ValidateVolumeCapabilities(self, request, context):
         with self.driver.store.transaction() as tx:
-            vol = self._get_volume(tx, request.volume_id)
+            vol = get_volume(tx, request.volume_id)
         try:
             for cap in request.volume_capabilities:
                 checks.capability(cap, vol.kind)
@@ -288,8 +275,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             page = page[:limit] if limit else page
             entries = [csi_pb2.ListVolumesResponse.Entry(
                 volume=self._volume_message(v),
-                status=Status(published_node_ids=self._published_nodes(tx, v),
-                              volume_condition=self._condition(tx, v)))
+                status=self._status(tx, v, Status))
                 for v in page]
         return csi_pb2.ListVolumesResponse(entries=entries,
                                            next_token=page[-1].id if more else "")
@@ -298,9 +284,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerGetVolume(self, request, context):
         Status = csi_pb2.ControllerGetVolumeResponse.VolumeStatus
         with self.driver.store.transaction() as tx:
-            vol = self._get_volume(tx, request.volume_id)
-            status = Status(published_node_ids=self._published_nodes(tx, vol),
-                            volume_condition=self._condition(tx, vol))
+            vol = get_volume(tx, request.volume_id)
+            status = self._status(tx, vol, Status)
         return csi_pb2.ControllerGetVolumeResponse(volume=self._volume_message(vol), status=status)
 
     @rpc()
@@ -328,7 +313,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def ControllerExpandVolume(self, request, context):
         required, limit = checks.capacity(request.capacity_range)
         with self.driver.store.transaction() as tx:
-            vol = self._get_volume(tx, request.volume_id)
+            vol = get_volume(tx, request.volume_id)
         block = request.HasField("volume_capability") and request.volume_capability.HasField("block")
         needs_node = vol.kind == "loop" and not block and bool(
             vol.fs_type or request.volume_capability.HasField("mount"))
@@ -358,36 +343,26 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         with self.driver.busy.hold("create-snapshot:" + name):
             with self.driver.store.transaction() as tx:
                 existing = tx.snapshot_by_name(name)
-                vol = tx.volume(source_id) if layout.is_volume_id(source_id) else None
+                vol = get_volume(tx, source_id, "source volume") if existing is None else None
             if existing is not None:
                 if existing.source_volume_id != source_id:
                     raise AlreadyExists(f"snapshot {name!r} exists for another volume")
                 return csi_pb2.CreateSnapshotResponse(snapshot=self._snapshot_message(existing))
-            if vol is None:
-                raise NotFound(f"source volume {source_id!r} does not exist")
             snap = Snapshot(layout.new_snapshot_id(), name, vol.id, vol.kind, vol.fs_type, vol.size)
             with self.driver.busy.hold(vol.id):
                 snap = self._take_snapshot(snap, vol)
         return csi_pb2.CreateSnapshotResponse(snapshot=self._snapshot_message(snap))
 
     def _take_snapshot(self, snap, vol):
-        with self.driver.store.transaction() as tx:
-            self._fits(tx, snap.size)
-        backend = BACKENDS[vol.kind]
-        scratch = self.driver.layout.scratch(snap.id)
-        final = self.driver.layout.snapshot(snap.id, snap.kind)
-        try:
-            self._copy_quiesced(vol, self.driver.volume_path(vol), scratch, snap.size)
-            os.rename(scratch, final)
-            with self.driver.store.transaction() as tx:
-                self._fits(tx, snap.size)
-                tx.add_snapshot(snap)
-                return tx.snapshot(snap.id)
-        except BaseException:
-            for path in (scratch, final):
-                if os.path.lexists(path):
-                    backend.delete(path)
-            raise
+        """Copy the volume in tmp/, move it in place, then record it; returns the record."""
+        def add(tx):
+            tx.add_snapshot(snap)
+            return tx.snapshot(snap.id)
+
+        return self._make(snap, self.driver.layout.snapshot(snap.id, snap.kind),
+                          lambda scratch: self._copy_quiesced(vol, self.driver.volume_path(vol),
+                                                              scratch, snap.size),
+                          add)
 
     @rpc("snapshot_id")
     def DeleteSnapshot(self, request, context):
@@ -431,9 +406,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     @rpc("snapshot_id")
     def GetSnapshot(self, request, context):
-        sid = request.snapshot_id
         with self.driver.store.transaction() as tx:
-            snap = tx.snapshot(sid) if layout.is_snapshot_id(sid) else None
-        if snap is None:
-            raise NotFound(f"snapshot {sid!r} does not exist")
+            snap = get_snapshot(tx, request.snapshot_id)
         return csi_pb2.GetSnapshotResponse(snapshot=self._snapshot_message(snap))

@@ -3,10 +3,11 @@
 import os
 from dataclasses import dataclass, field
 
-from csi.layout import Layout
+from csi.layout import Layout, is_snapshot_id, is_volume_id
 from csi.state import Store
 from csi.backends import BACKENDS
-from csi.errors import Busy
+from csi.errors import Busy, NotFound
+from csi.v1 import csi_pb2
 
 TOPOLOGY_KEY = "topology.podplumb.csi.io/node"
 DEFAULT_NAME = "podplumb.csi.io"
@@ -47,14 +48,34 @@ class Driver:
     def volume_path(self, volume):
         return self.layout.volume(volume.id, volume.kind)
 
-    def problem(self, tx, volume):
-        """Why a volume is abnormal, or "" when healthy."""
-        stage = tx.stage(volume.id)
+    def problem(self, volume, stage, pubs):
+        """Why a volume is abnormal, or "" when healthy; stage and pubs are its records."""
         text = BACKENDS[volume.kind].problem(
             self.volume_path(volume), stage.path if stage else "", stage.access if stage else "")
         if text:
             return text
-        for pub in tx.publications(volume.id):
+        for pub in pubs:
             if not os.path.lexists(pub.target):
                 return f"published target {pub.target} is missing"
         return ""
+
+
+def volume_condition(problem):
+    """The VolumeCondition for a Driver.problem() text: abnormal unless it is ""."""
+    return csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "healthy")
+
+
+def get_volume(tx, volume_id, what="volume"):
+    """The record of volume_id; NotFound when there is none or the ID is malformed."""
+    vol = tx.volume(volume_id) if is_volume_id(volume_id) else None
+    if vol is None:
+        raise NotFound(f"{what} {volume_id!r} does not exist")
+    return vol
+
+
+def get_snapshot(tx, snapshot_id, what="snapshot"):
+    """The record of snapshot_id; NotFound when there is none or the ID is malformed."""
+    snap = tx.snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
+    if snap is None:
+        raise NotFound(f"{what} {snapshot_id!r} does not exist")
+    return snap

@@ -18,12 +18,15 @@ from csi.v1 import csi_pb2, csi_pb2_grpc
 class DriverProcess:
     """`python -m csi.server` on a socket, with stubs for its three services."""
 
-    def __init__(self, state_dir, socket_path, node_id="node-1", args=(), stderr=None):
+    def __init__(self, state_dir, socket_path, node_id="node-1", args=(), stderr=None,
+                 cwd=None, start_new_session=False):
         self.state_dir = state_dir
         self.socket_path = socket_path
         self.node_id = node_id
         self.args = list(args)
         self.stderr = stderr          # a file object, or None to inherit
+        self.cwd = cwd                # None: ours
+        self.start_new_session = start_new_session   # True: out of reach of our terminal's ^C
         self.process = None
         self.channel = None
 
@@ -31,7 +34,8 @@ class DriverProcess:
         argv = [sys.executable, "-m", "csi.server", "--endpoint", "unix://" + self.socket_path,
                 "--node-id", self.node_id, "--state-dir", self.state_dir, *self.args]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=self.stderr)
+                                        stderr=self.stderr, cwd=self.cwd,
+                                        start_new_session=self.start_new_session)
         self.channel = grpc.insecure_channel("unix://" + self.socket_path)
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)
@@ -74,12 +78,6 @@ class DriverProcess:
             self.process.kill()
             self.process.wait()
         return self.process.returncode if self.process else 0
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 @contextlib.contextmanager

@@ -30,6 +30,13 @@ def is_snapshot_id(value):
     return bool(SNAPSHOT_ID.match(value))
 
 
+def split_name(name):
+    """(base, kind) of a file name in volumes/ or snapshots/: the reverse of SUFFIX."""
+    for kind, suffix in sorted(SUFFIX.items(), key=lambda item: len(item[1]), reverse=True):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), kind
+
+
 class Layout:
     def __init__(self, root):
         self.root = os.path.abspath(root)

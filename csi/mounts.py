@@ -1,9 +1,12 @@
 """Kernel mechanics: mounts (via /proc/self/mountinfo), loop devices, file systems.
 
-Every function here either succeeds or raises CommandError; none knows about
-CSI or gRPC. "ensure"-style callers decide what is idempotent.
+A failed external command raises CommandError; an unsupported file system
+raises ValueError, and the system calls raise OSError as usual. TargetInUse is
+for callers that find a mount they did not expect. Nothing here knows about
+CSI or gRPC; "ensure"-style callers decide what is idempotent.
 """
 
+import contextlib
 import glob
 import logging
 import os
@@ -44,14 +47,8 @@ def run(*argv, check=True):
 
 @dataclass(frozen=True)
 class MountEntry:
-    mount_id: int
-    parent_id: int
-    dev: str            # "major:minor"
-    root: str
     mountpoint: str
-    options: str
     fstype: str
-    source: str
 
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -68,10 +65,7 @@ def mountinfo():
         for line in f:
             left, right = line.rstrip("\n").split(" - ", 1)
             fields = left.split(" ")
-            fstype, source = right.split(" ")[:2]
-            entries.append(MountEntry(int(fields[0]), int(fields[1]), fields[2],
-                                      _unescape(fields[3]), _unescape(fields[4]),
-                                      fields[5], fstype, _unescape(source)))
+            entries.append(MountEntry(_unescape(fields[4]), right.split(" ")[0]))
     return entries
 
 
@@ -160,9 +154,7 @@ def loop_devices():
                 back = f.read().rstrip("\n")
         except OSError:
             continue  # detached meanwhile
-        if back.endswith(" (deleted)"):
-            back = back[: -len(" (deleted)")]
-        result["/dev/" + back_file.split("/")[3]] = back
+        result["/dev/" + back_file.split("/")[3]] = back.removesuffix(" (deleted)")
     return result
 
 
@@ -295,8 +287,18 @@ def freeze(mountpoint):
     run("fsfreeze", "--freeze", mountpoint)
 
 
-def thaw(mountpoint):
-    run("fsfreeze", "--unfreeze", mountpoint)
+def thaw(mountpoint, check=True):
+    run("fsfreeze", "--unfreeze", mountpoint, check=check)
+
+
+@contextlib.contextmanager
+def frozen(mountpoint):
+    """Freeze a mounted file system for the body; thaw it afterwards, also on failure."""
+    freeze(mountpoint)
+    try:
+        yield
+    finally:
+        thaw(mountpoint)
 
 
 def copy_tree(source, target):

@@ -6,17 +6,15 @@ finishes whatever a crash interrupted.
 """
 
 import json
-import logging
 import os
 
-from csi import checks, layout, mounts
+from csi import checks, mounts
 from csi.backends import BACKENDS
+from csi.driver import get_volume, volume_condition
 from csi.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
                         rpc)
 from csi.state import Publication, Stage
 from csi.v1 import csi_pb2, csi_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 RPC = csi_pb2.NodeServiceCapability.RPC
@@ -105,10 +103,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def _volume(self, volume_id):
         with self.driver.store.transaction() as tx:
-            vol = tx.volume(volume_id) if layout.is_volume_id(volume_id) else None
-        if vol is None:
-            raise NotFound(f"volume {volume_id!r} does not exist")
-        return vol
+            return get_volume(tx, volume_id)
 
     @rpc("volume_id", "staging_target_path", "volume_capability")
     def NodeStageVolume(self, request, context):
@@ -224,11 +219,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def _access_at(self, vol, path):
-        """'mount' or 'block' when path is a staging or target path of vol, else NOT_FOUND."""
+        """(access, stage, publications): access is 'mount' or 'block' when path is a
+        staging or target path of vol, else NOT_FOUND."""
         with self.driver.store.transaction() as tx:
             stage = tx.stage(vol.id)
             pubs = tx.publications(vol.id)
-            problem = self.driver.problem(tx, vol)
         if stage and stage.path == path:
             access = stage.access
         elif any(p.target == path for p in pubs):
@@ -237,13 +232,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise NotFound(f"{path} is not a staging or target path of volume {vol.id}")
         if not os.path.exists(path):
             raise NotFound(f"{path} does not exist")
-        return access, stage, problem
+        return access, stage, pubs
 
     @rpc("volume_id", "volume_path")
     def NodeGetVolumeStats(self, request, context):
         path = checks.path(request.volume_path, "volume_path")
         vol = self._volume(request.volume_id)
-        access, stage, problem = self._access_at(vol, path)
+        access, stage, pubs = self._access_at(vol, path)
+        problem = self.driver.problem(vol, stage, pubs)
         if not problem and not mounts.is_mountpoint(path) and not (
                 access == "block" and stage and stage.path == path):
             problem = f"{path} is not mounted"
@@ -262,8 +258,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 Usage(unit=Usage.INODES, total=st.f_files, available=st.f_favail,
                       used=st.f_files - st.f_ffree),
             ]
-        condition = csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "healthy")
-        return csi_pb2.NodeGetVolumeStatsResponse(usage=usage, volume_condition=condition)
+        return csi_pb2.NodeGetVolumeStatsResponse(usage=usage,
+                                                  volume_condition=volume_condition(problem))
 
     @rpc("volume_id", "volume_path")
     def NodeExpandVolume(self, request, context):

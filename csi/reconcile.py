@@ -20,18 +20,18 @@ def reconcile(driver):
     _clear_tmp(driver)
     with driver.store.transaction() as tx:
         volumes = {v.id: v for v in tx.volumes()}
-        snapshot_kinds = {s.id: s.kind for s in tx.snapshots()}
+        snapshot_ids = {s.id for s in tx.snapshots()}
         stages = {s.volume_id: s for s in tx.stages()}
-        publications = tx.publications()
     _remove_orphans(driver.layout.volumes, volumes.keys(), layout.is_volume_id)
-    _remove_orphans(driver.layout.snapshots, snapshot_kinds.keys(), layout.is_snapshot_id)
+    _remove_orphans(driver.layout.snapshots, snapshot_ids, layout.is_snapshot_id)
     for vol in volumes.values():
         if vol.id not in stages:
             BACKENDS[vol.kind].unstage(driver.volume_path(vol), "")  # stale loop devices
     for stage in stages.values():
         _restage(driver, volumes[stage.volume_id], stage)
-    with driver.store.transaction() as tx:
+    with driver.store.transaction() as tx:   # without what _restage dropped
         stages = {s.volume_id: s for s in tx.stages()}
+        publications = tx.publications()
     for pub in publications:
         _republish(driver, volumes[pub.volume_id], stages.get(pub.volume_id), pub)
 
@@ -40,7 +40,7 @@ def _clear_tmp(driver):
     for name in os.listdir(driver.layout.tmp):
         path = os.path.join(driver.layout.tmp, name)
         log.info("reconcile: removing unfinished %s", path)
-        if name.endswith(".img") or os.path.isfile(path):
+        if os.path.isfile(path):
             BACKENDS["loop"].delete(path)
         else:
             shutil.rmtree(path, ignore_errors=True)
@@ -48,17 +48,17 @@ def _clear_tmp(driver):
 
 def _remove_orphans(directory, known, is_id):
     for name in os.listdir(directory):
-        base = name[: -len(".img")] if name.endswith(".img") else name
+        base, kind = layout.split_name(name)
         if not is_id(base) or base in known:
             continue
         path = os.path.join(directory, name)
         log.info("reconcile: removing %s, which no record claims", path)
-        BACKENDS["loop" if name.endswith(".img") else "bind"].delete(path)
+        BACKENDS[kind].delete(path)
 
 
 def _restage(driver, vol, stage):
     if stage.access == "mount" and vol.kind == "loop" and mounts.is_mountpoint(stage.path):
-        mounts.run("fsfreeze", "--unfreeze", stage.path, check=False)  # a crash mid-snapshot
+        mounts.thaw(stage.path, check=False)  # a crash mid-snapshot
     if stage.access == "mount" and not os.path.isdir(stage.path):
         log.warning("reconcile: staging path %s of %s is gone; dropping the staging",
                     stage.path, vol.id)

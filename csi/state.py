@@ -1,6 +1,6 @@
 """The driver's only record: volumes, snapshots, stagings, publications, in SQLite.
 
-Each RPC commits its change in one transaction (`Store.transaction()`), so a
+Each change is committed in one transaction (`Store.transaction()`), so a
 crash leaves either the old or the new state, never half of one. This layer
 knows nothing of gRPC: it raises StateError subclasses.
 """

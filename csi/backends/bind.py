@@ -10,13 +10,11 @@ from csi import mounts
 
 
 class BindBackend:
-    kind = "bind"
-
     def create(self, path, size, fs_type):
         os.mkdir(path)
         os.chmod(path, 0o777)  # fresh volumes are writable by pods running as any user
 
-    def copy(self, source, path, size, fs_type):
+    def copy(self, source, path, size):
         mounts.copy_tree(source, path)
 
     def delete(self, path):

@@ -10,8 +10,6 @@ from csi import mounts
 
 
 class LoopBackend:
-    kind = "loop"
-
     def create(self, path, size, fs_type):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -21,7 +19,7 @@ class LoopBackend:
         if fs_type:
             mounts.mkfs(fs_type, path)
 
-    def copy(self, source, path, size, fs_type):
+    def copy(self, source, path, size):
         mounts.copy_file(source, path)
         if size > os.path.getsize(path):
             os.truncate(path, size)  # the file system is grown when next staged
