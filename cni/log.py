@@ -3,6 +3,8 @@
 import logging
 import sys
 
+FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
 
 def level(name: str) -> int:
     """A logging level from its name; an unknown name means WARNING rather than an error."""
@@ -17,7 +19,7 @@ def configure(env):
     if root.handlers:
         return
     root.setLevel(level(env.get("PODPLUMB_LOG_LEVEL", "WARNING")))
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    fmt = logging.Formatter(FORMAT)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)

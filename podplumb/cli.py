@@ -3,22 +3,14 @@
 import argparse
 import sys
 
+from podplumb.client import DEFAULT_SOCKET
+
 
 def _install(args):
     from podplumb.install import install
     for path in install(args.cni_bin_dir, daemon_socket=args.daemon_socket):
         print(path)
     return 0
-
-
-def _csi(args):
-    from csi.server import main
-    return main(args.rest)
-
-
-def _overlay(args):
-    from podplumb.overlay.__main__ import main
-    return main(args.rest)
 
 
 def _leases(args):
@@ -31,36 +23,45 @@ def _demo(args):
     return main()
 
 
-def _daemon(args):
+def _csi(argv):
+    from csi.server import main
+    return main(argv)
+
+
+def _daemon(argv):
     from podplumb.daemon import main
-    return main(args.rest)
+    return main(argv)
 
 
-_OWN_OPTIONS = ("csi", "daemon", "overlay")
+def _overlay(argv):
+    from podplumb.overlay.__main__ import main
+    return main(argv)
+
+
+# Sub-commands that parse their own options: the rest of the command line goes to them as it is.
+_OWN_OPTIONS = {
+    "csi": (_csi, "run the CSI driver (see `podplumb csi --help`)"),
+    "daemon": (_daemon, "run the warm CNI node daemon"),
+    "overlay": (_overlay, "register this host's vxlan subnet in etcd and follow the others"),
+}
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _OWN_OPTIONS:
+        return _OWN_OPTIONS[argv[0]][0](argv[1:])
+
     parser = argparse.ArgumentParser(prog="podplumb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("install", help="write the CNI plugin executables into a CNI bin dir")
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin")
-    p.add_argument("--daemon-socket", default="/run/podplumb/cni.sock",
+    p.add_argument("--daemon-socket", default=DEFAULT_SOCKET,
                    help="where the plugins look for a running node daemon")
     p.set_defaults(func=_install)
 
-    p = sub.add_parser("csi", help="run the CSI driver (see `podplumb csi --help`)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_csi)
-
-    p = sub.add_parser("daemon", help="run the warm CNI node daemon", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_daemon)
-
-    p = sub.add_parser("overlay", help="register this host's vxlan subnet in etcd and follow the others",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_overlay)
+    for name, (_, help_text) in _OWN_OPTIONS.items():
+        sub.add_parser(name, help=help_text, add_help=False)   # listed in --help; dispatched above
 
     p = sub.add_parser("leases", help="list host-local leases: network, address, container, interface")
     p.add_argument("--data-dir", default="/var/lib/cni/networks")
@@ -70,10 +71,6 @@ def main(argv=None):
     p = sub.add_parser("demo", help="wire two pods and a volume on this machine and show it")
     p.set_defaults(func=_demo)
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _OWN_OPTIONS:
-        # These parse their own options: argparse's REMAINDER rejects a leading "--option".
-        return parser.parse_args(argv[:1]).func(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

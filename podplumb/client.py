@@ -19,6 +19,7 @@ import time
 # The C module behind `socket`: `import socket` would also import enum, selectors and friends.
 from _socket import AF_UNIX, SOCK_STREAM, socket as _unix_socket, timeout as SocketTimeout
 
+DEFAULT_SOCKET = "/run/podplumb/cni.sock"
 GREETING = b"podplumb/1"
 CONNECT_TIMEOUT = 1.0          # connect + greeting
 REQUEST_TIMEOUT = 120.0        # the whole call; env PODPLUMB_DAEMON_TIMEOUT overrides (seconds)

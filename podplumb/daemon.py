@@ -27,17 +27,16 @@ from podplumb.install import PLUGINS
 
 LOG = logging.getLogger("podplumb.daemon")
 
-DEFAULT_SOCKET = "/run/podplumb/cni.sock"
 SD_LISTEN_FDS_START = 3
 READ_TIMEOUT = 10.0      # a greeted client sends its request at once
 WRITE_TIMEOUT = 10.0
 _NAMES = {module: name for name, module in PLUGINS.items()}
-_LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+_LOG_FORMAT = logging.Formatter(log.FORMAT)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="podplumb daemon", description=__doc__.split("\n")[0])
-    parser.add_argument("--socket", default=DEFAULT_SOCKET, help="unix socket to listen on (default %(default)s)")
+    parser.add_argument("--socket", default=client.DEFAULT_SOCKET, help="unix socket to listen on (default %(default)s)")
     parser.add_argument("--max-requests", type=int, default=64,
                         help="calls served at once; beyond that a caller runs the plugin itself")
     parser.add_argument("--drain-timeout", type=float, default=60.0,

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 
+from cni import log
 from cni.errors import CNIError
 from podplumb.overlay import settings as overlay_settings
 from podplumb.overlay.etcd import EtcdError
@@ -31,7 +32,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=log.FORMAT)
     try:
         settings = overlay_settings.load(
             args.network_config, endpoints=args.etcd_endpoints.split(",") if args.etcd_endpoints else None,

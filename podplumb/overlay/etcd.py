@@ -175,9 +175,10 @@ class Watch:
             result = json.loads(line).get("result", {})
             if result.get("canceled") or result.get("compact_revision"):
                 raise EtcdError(f"watch canceled: {result.get('cancel_reason') or 'revision compacted'}")
-            events = [Event(deleted=e.get("type") == "DELETE", key=base64.b64decode(e["kv"]["key"]).decode(),
-                            value=base64.b64decode(e["kv"].get("value", "")))
-                      for e in result.get("events", [])]
+            events = []
+            for e in result.get("events", []):
+                kv = _key_value(e["kv"])
+                events.append(Event(deleted=e.get("type") == "DELETE", key=kv.key, value=kv.value))
             if events:
                 yield events
 

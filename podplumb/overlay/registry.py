@@ -50,20 +50,17 @@ class Registry:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, leave: bool = True):
-        """Stop the threads; `leave`: revoke the lease, so the other hosts drop this one at once."""
+    def stop(self):
+        """Stop the threads and revoke the lease, so the other hosts drop this one at once."""
         self._stopping.set()
         self._close_watch()
         for thread in self._threads:
             thread.join(timeout=10)
-        if leave and self._lease:
+        if self._lease:
             try:
                 self.client.revoke(self._lease)
             except EtcdError as e:
                 LOG.warning("overlay %s: cannot revoke lease: %s", self.settings.conf.network, e)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stopping.wait(timeout)
 
     # registration
     def _register(self):
