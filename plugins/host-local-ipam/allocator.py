@@ -1,14 +1,12 @@
 """Choosing addresses: one per range set, round-robin after the address last reserved there."""
 
 import ipaddress
-import logging
 from collections.abc import Iterator
 
 from cni.errors import CNIError, ADDRESS_EXHAUSTED, ADDRESS_IN_USE, config_error
+from cni.rollback import Rollback
 from plugins.host_local.ranges import Address, Range, RangeSet
 from plugins.host_local.store import Lease, Store
-
-LOG = logging.getLogger("podplumb")
 
 
 def route_requested(range_sets: tuple[RangeSet, ...], requested) -> dict[int, Address]:
@@ -53,15 +51,15 @@ def candidates(range_set: RangeSet, last: Address | None) -> Iterator[tuple[Rang
 
 
 class Allocation:
-    """The reservations of one ADD, made under the store's lock; `rollback` undoes exactly these."""
+    """The reservations of one ADD, made under the store's lock; each pushes its undo on `undo`."""
 
-    def __init__(self, store: Store, container_id: str, ifname: str):
+    def __init__(self, store: Store, container_id: str, ifname: str, undo: Rollback):
         self.store = store
         self.container_id = container_id
         self.ifname = ifname
+        self.undo = undo
         self.leases = store.leases()
-        self.reserved: list[Address] = []
-        self.previous_last: dict[int, str | None] = {}
+        self._restorable: set[int] = set()   # range sets whose last_reserved_ip the undo restores
 
     def get(self, range_set: RangeSet, requested: Address | None) -> dict:
         """The attachment's address in `range_set`, as a result's `ips` entry.
@@ -77,18 +75,6 @@ class Allocation:
         if held:
             return _ip_config(range_set, held[0])
         return _ip_config(range_set, self._take_next_free(range_set))
-
-    def rollback(self):
-        for address in reversed(self.reserved):
-            try:
-                self.store.release(address)
-            except CNIError as e:
-                LOG.error("rollback: %s", e)
-        for index, text in self.previous_last.items():
-            try:
-                self.store.write_last_reserved(index, text)
-            except CNIError as e:
-                LOG.error("rollback: %s", e)
 
     def _take_requested(self, range_set: RangeSet, requested: Address, held: list[Address]):
         if held:
@@ -125,11 +111,13 @@ class Allocation:
 
     def _reserve(self, range_set: RangeSet, address: Address) -> bool:
         index = range_set.index
-        if index not in self.previous_last:
-            self.previous_last[index] = self.store.read_last_reserved(index)
+        if index not in self._restorable:
+            previous = self.store.read_last_reserved(index)
+            self.undo.push(f"last_reserved_ip.{index}", lambda: self.store.write_last_reserved(index, previous))
+            self._restorable.add(index)
         if not self.store.reserve(address, self.container_id, self.ifname):
             return False
-        self.reserved.append(address)
+        self.undo.push(f"lease {address}", lambda: self.store.release(address))
         self.store.write_last_reserved(index, str(address))
         return True
 

@@ -1,10 +1,11 @@
 """The host-local IPAM plugin: ADD, DEL, CHECK, STATUS and GC over the on-disk lease store."""
 
 from cni import result as results, skel
+from cni.rollback import Rollback
 from cni.errors import CNIError, CHECK_FAILED, NOT_AVAILABLE, config_error
 from plugins.host_local import allocator, config, resolv
 from plugins.host_local.ranges import parse_address
-from plugins.host_local.store import Lease, Store
+from plugins.host_local.store import Store
 
 
 def add(request: skel.Request) -> dict:
@@ -15,13 +16,9 @@ def add(request: skel.Request) -> dict:
     wanted = allocator.route_requested(conf.range_sets, conf.requested)
     dns = resolv.parse(conf.resolv_conf) if conf.resolv_conf else {}
     store = Store(conf.location)
-    with store.locked():
-        allocation = allocator.Allocation(store, request.container_id, request.ifname)
-        try:
-            ips = [allocation.get(s, wanted.get(s.index)) for s in conf.range_sets]
-        except BaseException:
-            allocation.rollback()
-            raise
+    with store.locked(), Rollback() as undo:
+        allocation = allocator.Allocation(store, request.container_id, request.ifname, undo)
+        ips = [allocation.get(s, wanted.get(s.index)) for s in conf.range_sets]
     return results.new(ips=ips, routes=[dict(r) for r in conf.routes], dns=dns)
 
 
@@ -45,7 +42,8 @@ def check(request: skel.Request):
     """The attachment holds a lease in every range set, and those are the addresses prevResult
     reports (when there is one)."""
     conf = config.load(request.config, request.args)
-    held = {lease.address for lease in Store(conf.location).leases() if _held(lease, request)}
+    held = {lease.address for lease in Store(conf.location).leases()
+            if lease.belongs_to(request.container_id, request.ifname)}
     for range_set in conf.range_sets:
         if not any(range_set.range_for(address) for address in held):
             raise CNIError(CHECK_FAILED, f"container {request.container_id} (ifname {request.ifname}) holds no "
@@ -80,23 +78,14 @@ def status(request: skel.Request):
 def gc(request: skel.Request):
     """Release every lease of this network whose attachment is not in cni.dev/valid-attachments."""
     valid = _valid_attachments(request.config)
-    valid_containers = {container_id for container_id, _ in valid}
     store = Store(config.load_location(request.config))
     if not store.exists():
         return
     with store.locked():
         store.remove_temporary_files()
         for lease in store.leases():
-            keep = (lease.container_id in valid_containers if lease.ifname is None
-                    else (lease.container_id, lease.ifname) in valid)
-            if not keep:
+            if not any(lease.belongs_to(container_id, ifname) for container_id, ifname in valid):
                 store.release(lease.address)
-
-
-def _held(lease: Lease, request: skel.Request) -> bool:
-    if lease.ifname is None:
-        return lease.container_id == request.container_id
-    return lease.held_by(request.container_id, request.ifname)
 
 
 def _valid_attachments(conf: dict) -> set[tuple[str, str]]:

@@ -32,6 +32,10 @@ class Lease:
     def held_by(self, container_id: str, ifname: str) -> bool:
         return self.container_id == container_id and self.ifname == ifname
 
+    def belongs_to(self, container_id: str, ifname: str) -> bool:
+        """Held by this attachment; a lease of the older format names the container only."""
+        return self.container_id == container_id and self.ifname in (ifname, None)
+
     def holder(self) -> str:
         return f"container {self.container_id}" + (f" (ifname {self.ifname})" if self.ifname else "")
 
