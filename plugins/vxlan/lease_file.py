@@ -4,8 +4,8 @@ a small JSON file, replaced atomically."""
 import dataclasses
 import ipaddress
 import json
-import os
 
+from cni import files
 from cni.errors import CNIError, NOT_AVAILABLE
 
 
@@ -31,9 +31,5 @@ def read(path: str) -> HostLease:
 
 
 def write(path: str, lease: HostLease):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w") as f:
-        json.dump({"network": lease.network, "subnet": str(lease.subnet), "underlayIP": lease.underlay_ip}, f)
-        f.write("\n")
-    os.replace(temp, path)
+    files.replace(path, json.dumps({"network": lease.network, "subnet": str(lease.subnet),
+                                    "underlayIP": lease.underlay_ip}) + "\n")

@@ -9,10 +9,9 @@ same VTEP and peer code as the plugin's static mode.
 
 import ipaddress
 import logging
-import os
 import threading
 
-from cni import netlink
+from cni import files, netlink
 from cni.errors import CNIError
 from plugins.vxlan import lease_file, lock, peers, resolve, underlay, vtep
 from podplumb.overlay import subnets
@@ -162,8 +161,4 @@ def _remembered(path: str) -> ipaddress.IPv4Network | None:
 
 
 def _remember(path: str, subnet: ipaddress.IPv4Network):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w") as f:
-        f.write(f"{subnet}\n")
-    os.replace(temp, path)
+    files.replace(path, f"{subnet}\n")
