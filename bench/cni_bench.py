@@ -24,6 +24,9 @@ import tempfile
 import time
 import uuid
 
+from podplumb import client, netns, runtime
+from podplumb.install import install
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_BIN = "/usr/lib/cni"
 CNI_VERSION = "1.0.0"          # the newest the reference plugins (containernetworking-plugins 1.1.1) speak
@@ -31,6 +34,7 @@ PORTMAP_MODULE = os.path.join(REPO, "plugins", "portmap", "plugin.py")
 PREFIX = "ppbench"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 MIB = 1024
+STARTUP = "python -I -S -c pass"     # the interpreter start-up figure: the flags of the launcher's shebang
 
 
 def parse_args(argv):
@@ -68,22 +72,17 @@ def run_outside(args, argv) -> int:
     host = f"{PREFIX}-{run_id}-host"
     pods = [f"{PREFIX}-{run_id}-p{i}" for i in range(args.pods + 4)]
     workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
-    made = []
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        for name in [host, *pods]:
-            _sh("ip", "netns", "add", name)
-            made.append(name)
-            _sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
-        _sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        spec = {"host": host, "pods": pods, "workdir": workdir}
-        inner = [sys.executable, "-m", "bench.cni_bench", *argv, "--inside", json.dumps(spec)]
-        return subprocess.run(["ip", "netns", "exec", host, *inner], cwd=REPO).returncode
+        with netns.namespaces(host, *pods):
+            try:
+                netns.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=host)
+                spec = {"host": host, "pods": pods, "workdir": workdir}
+                inner = [sys.executable, "-m", "bench.cni_bench", *argv, "--inside", json.dumps(spec)]
+                return subprocess.run(["ip", "netns", "exec", host, *inner], cwd=REPO).returncode
+            finally:
+                _kill_namespace_processes(host)
     finally:
-        if made:
-            _kill_namespace_processes(host)
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 
@@ -96,17 +95,10 @@ def _kill_namespace_processes(ns: str):
             os.kill(int(pid), signal.SIGKILL)
 
 
-def _sh(*argv):
-    subprocess.run(argv, check=True, capture_output=True)
-
-
 # ---------------------------------------------------------------- spawning a plugin like a runtime
 
 @dataclasses.dataclass
-class Call:
-    code: int
-    stdout: bytes
-    stderr: bytes
+class Call(runtime.Run):
     seconds: float
     max_rss_kib: int
 
@@ -151,45 +143,31 @@ class Flavor:
         return call
 
 
-class Network:
-    """A conflist of one flavor, chained as libcni chains it (prevResult, capabilities)."""
+class Network(runtime.Network):
+    """A conflist of one flavor, chained as libcni chains it (podplumb.runtime.Network: prevResult,
+    capabilities, the ADD result cached for DEL); each plugin spawned by its flavor."""
 
     def __init__(self, flavor: Flavor, workdir: str, portmap: bool):
-        self.flavor = flavor
-        self.name = f"bench-{flavor.name}{'-pm' if portmap else ''}"
         main_plugin = {"type": "bridge", "bridge": f"ppb{flavor.index}{'p' if portmap else ''}", "isGateway": True,
                        "ipam": {"type": "host-local", "dataDir": os.path.join(workdir, "ipam", flavor.name),
                                 "ranges": [[{"subnet": f"10.{100 + 2 * flavor.index + portmap}.0.0/16"}]]}}
-        self.plugins = [main_plugin]
+        plugins = [main_plugin]
         if portmap:
-            self.plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+            plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+        super().__init__({"cniVersion": CNI_VERSION, "name": f"bench-{flavor.name}{'-pm' if portmap else ''}",
+                          "plugins": plugins}, flavor.bin_dir)
+        self.flavor = flavor
         self.runtime_config = {"portMappings": [{"hostPort": 18080 + flavor.index, "containerPort": 80,
                                                  "protocol": "tcp"}]}
 
-    def config(self, plugin: dict, prev=None) -> dict:
-        config = dict(plugin, name=self.name, cniVersion=CNI_VERSION)
-        wanted = {k: v for k, v in self.runtime_config.items() if (plugin.get("capabilities") or {}).get(k)}
-        if wanted:
-            config["runtimeConfig"] = wanted
-        if prev is not None:
-            config["prevResult"] = prev
-        return config
-
-    def add(self, container_id: str, netns: str) -> dict:
-        prev = None
-        for plugin in self.plugins:
-            prev = json.loads(self.flavor.call(plugin["type"], "ADD", self.config(plugin, prev),
-                                               containerid=container_id, netns=netns, ifname="eth0").stdout)
-        return prev
-
-    def delete(self, container_id: str, netns: str, prev: dict):
-        for plugin in reversed(self.plugins):
-            self.flavor.call(plugin["type"], "DEL", self.config(plugin, prev),
-                             containerid=container_id, netns=netns, ifname="eth0")
+    def _call(self, plugin, command, config, container_id="", netns="", ifname="", cni_args="") -> Call:
+        return self.flavor.call(plugin["type"], command, config, containerid=container_id, netns=netns,
+                                ifname=ifname, args=cni_args)
 
     def cycle(self, container_id: str, netns: str) -> float:
         started = time.perf_counter()
-        self.delete(container_id, netns, self.add(container_id, netns))
+        self.add(container_id, netns, capability_args=self.runtime_config)
+        self.delete(container_id, netns)
         return time.perf_counter() - started
 
 
@@ -199,7 +177,7 @@ class Inside:
     def __init__(self, spec: dict, args):
         self.args = args
         self.host = spec["host"]
-        self.pods = [f"/run/netns/{p}" for p in spec["pods"]]
+        self.pods = [netns.path(p) for p in spec["pods"]]
         self.workdir = spec["workdir"]
         self.socket = os.path.join(self.workdir, "cni.sock")
         self.daemon = None
@@ -215,49 +193,27 @@ class Inside:
             print(f"cni bench: a plugin call failed: {e}", file=sys.stderr)
             return 1
         finally:
-            self._stop_daemon()
+            if self.daemon:
+                self.daemon.stop()
         print_report(self.figures, self.notes, self.args)
         return 0
 
     def _prepare(self) -> list:
-        sys.path.insert(0, REPO)
-        from podplumb.install import install
         standalone, daemon_bin = (os.path.join(self.workdir, d) for d in ("bin-standalone", "bin-daemon"))
         install(standalone, daemon_socket=None)
         install(daemon_bin, daemon_socket=self.socket)
-        self._start_daemon()
+        # already inside the host namespace: no `ip netns exec`; measured once warm
+        self.daemon = runtime.DaemonProcess(None, self.socket, os.path.join(self.workdir, "daemon.log"),
+                                            wait_warm=True)
+        try:
+            self.daemon.start()
+        except RuntimeError as e:
+            raise PluginFailed(f"the daemon did not start: {e}") from None
         return [Flavor("standalone", standalone, 0), Flavor("daemon", daemon_bin, 1),
                 Flavor("reference", REFERENCE_BIN, 2)]
 
-    def _start_daemon(self):
-        from podplumb import client
-        podplumb = os.path.join(os.path.dirname(sys.executable), "podplumb")
-        self.daemon_log = os.path.join(self.workdir, "daemon.log")
-        with open(self.daemon_log, "wb") as log:
-            self.daemon = subprocess.Popen([podplumb, "daemon", "--socket", self.socket], stdout=log, stderr=log,
-                                           stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if os.path.exists(self.socket) and client.forward(
-                    self.socket, "plugins.bridge.plugin:PLUGIN", {"CNI_COMMAND": "VERSION"}, b"") is not None \
-                    and "warm in" in open(self.daemon_log).read():
-                return
-            if self.daemon.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise PluginFailed(f"the daemon did not start: {open(self.daemon_log).read()[-2000:]}")
-
-    def _stop_daemon(self):
-        if self.daemon and self.daemon.poll() is None:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
-
     def _daemon_rss_mib(self, field="VmRSS") -> float:
-        with open(f"/proc/{self.daemon.pid}/status") as f:
+        with open(f"/proc/{self.daemon.proc.pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / MIB
@@ -269,7 +225,7 @@ class Inside:
 
         log(f"interpreter start-up, VERSION ({runs} runs each)")
         python = sys.executable
-        self._timed("python -I -S -c pass", {"standalone": lambda: spawn([python, "-I", "-S", "-c", "pass"], {}).seconds})
+        self._timed(STARTUP, {"standalone": lambda: spawn([python, "-I", "-S", "-c", "pass"], {}).seconds})
         self._timed("VERSION", {f.name: (lambda f=f: f.call("bridge", "VERSION", None).seconds) for f in self.flavors})
 
         for portmap in (False, True):
@@ -310,16 +266,15 @@ class Inside:
         ids = [f"churn{i}-{uuid.uuid4().hex[:6]}" for i in range(len(pods))]
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(self.args.parallel) as pool:
-            results = list(pool.map(net.add, ids, pods))
-            list(pool.map(net.delete, ids, pods, results))
+            list(pool.map(net.add, ids, pods))
+            list(pool.map(net.delete, ids, pods))        # each with its cached ADD result, as libcni
         return time.perf_counter() - started
 
     def _growth(self) -> float:
         """ADD+DEL straight to the daemon's socket (no launcher spawn): only the daemon's memory matters."""
-        from podplumb import client
         net = Network(self.flavors[1], self.workdir, False)
         pod = self.pods[-2]
-        plugin = net.plugins[0]
+        plugin = net.conflist["plugins"][0]
         env = {"PATH": PATH, "CNI_PATH": self.flavors[1].bin_dir, "CNI_NETNS": pod, "CNI_IFNAME": "eth0"}
 
         def cycle(i):
@@ -329,7 +284,7 @@ class Inside:
             if code:
                 raise PluginFailed(f"daemon ADD: {out.decode(errors='replace')}")
             out, code = client.forward(self.socket, "plugins.bridge.plugin:PLUGIN", dict(container, CNI_COMMAND="DEL"),
-                                       json.dumps(net.config(plugin, json.loads(out))).encode())
+                                       json.dumps(net.config(plugin, prev_result=json.loads(out))).encode())
             if code:
                 raise PluginFailed(f"daemon DEL: {out.decode(errors='replace')}")
 
@@ -344,7 +299,8 @@ class Inside:
         """One standalone ADD: where its time goes (interpreter start, imports, netlink, IPAM)."""
         flavor = self.flavors[0]
         net = Network(flavor, self.workdir, False)
-        config = json.dumps(net.config(net.plugins[0])).encode()
+        plugin = net.conflist["plugins"][0]
+        config = json.dumps(net.config(plugin)).encode()
         pod = self.pods[-1]
         env = {"PATH": PATH, "CNI_COMMAND": "ADD", "CNI_PATH": flavor.bin_dir, "CNI_NETNS": pod,
                "CNI_IFNAME": "eth0", "CNI_CONTAINERID": "profiled"}
@@ -355,15 +311,15 @@ class Inside:
             call = spawn(argv, env, config)
             if call.code:
                 raise PluginFailed(f"profiled ADD: {call.stdout.decode(errors='replace')}")
-            flavor.call("bridge", "DEL", net.config(net.plugins[0]), containerid="profiled", netns=pod, ifname="eth0")
+            flavor.call("bridge", "DEL", net.config(plugin), containerid="profiled", netns=pod, ifname="eth0")
             return call
 
         wall = add_then_del([launcher]).seconds
-        imports = add_then_del([sys.executable, "-I", "-X", "importtime", launcher]).stderr.decode()
-        add_then_del([sys.executable, "-I", "-m", "cProfile", "-o", stats_file, launcher])
+        imports = add_then_del([sys.executable, "-I", "-S", "-X", "importtime", launcher]).stderr.decode()
+        add_then_del([sys.executable, "-I", "-S", "-m", "cProfile", "-o", stats_file, launcher])
         print(f"\n== profile: one standalone bridge+host-local ADD, {wall * 1000:.1f} ms wall ==")
-        start = self.figures["python -I -c pass"]["standalone"]
-        print(f"interpreter start-up (python -I -c pass, median): {start * 1000:.1f} ms")
+        start = self.figures[STARTUP]["standalone"]
+        print(f"interpreter start-up ({STARTUP}, median): {start * 1000:.1f} ms")
         print("imports by top-level package (-X importtime, cumulative):")
         for name, micros in top_level_imports(imports)[:12]:
             print(f"  {micros / 1000:8.1f} ms  {name}")
@@ -385,7 +341,7 @@ def top_level_imports(importtime: str) -> list:
 
 # ---------------------------------------------------------------- report
 
-# metric prefix -> (flavor, bound on ours/reference or absolute, description)
+# (metric prefix, flavor, (kind, bound)): kind "ratio" bounds flavor/reference, "below" the value itself
 TARGETS = [
     ("bridge+host-local ADD+DEL", "daemon", ("ratio", 0.8)),
     ("bridge+host-local ADD+DEL", "standalone", ("ratio", 3.0)),

@@ -9,7 +9,6 @@ throwaway namespace playing the host; flavors alternate within every repetition;
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -19,10 +18,13 @@ import tempfile
 import time
 import uuid
 
+from podplumb import netns
+from podplumb.install import install
+from podplumb.runtime import exec_plugin
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_BIN = "/usr/lib/cni"
 CNI_VERSION = "1.0.0"          # the newest the reference plugins of Debian 12 speak
-PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def parse_args(argv):
@@ -48,15 +50,9 @@ def main(argv=None) -> int:
         return 0
     host = f"ppbench-pm-{uuid.uuid4().hex[:8]}"
     pod = host + "-pod"
-    try:
-        for name in (host, pod):
-            subprocess.run(["ip", "netns", "add", name], check=True)
-            subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        inner = [sys.executable, "-m", "bench.portmap_bench", *argv, "--inside", f"/run/netns/{pod}"]
+    with netns.namespaces(host, pod):
+        inner = [sys.executable, "-m", "bench.portmap_bench", *argv, "--inside", netns.path(pod)]
         return subprocess.run(["ip", "netns", "exec", host, *inner], cwd=REPO).returncode
-    finally:
-        for name in (pod, host):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def _prev_result(index: int) -> dict:
@@ -65,32 +61,28 @@ def _prev_result(index: int) -> dict:
             "ips": [{"address": f"10.{60 + index // 250}.{index % 250}.2/16", "interface": 0}]}
 
 
-def _call(bin_dir: str, command: str, container: str, netns: str, index: int, ports: range) -> float:
+def _call(bin_dir: str, command: str, container: str, pod_ns: str, index: int, ports: range) -> float:
     config = {"cniVersion": CNI_VERSION, "name": "benchnet", "type": "portmap", "prevResult": _prev_result(index),
               "runtimeConfig": {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}
                                                  for port in ports]}}
-    env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": netns,
-           "CNI_IFNAME": "eth0", "CNI_PATH": bin_dir}
     started = time.perf_counter()
-    proc = subprocess.run([os.path.join(bin_dir, "portmap")], input=json.dumps(config).encode(), env=env,
-                          capture_output=True)
+    run = exec_plugin(bin_dir, "portmap", command, config, container_id=container, netns=pod_ns, ifname="eth0")
     elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{bin_dir}/portmap {command} failed: {proc.stdout!r} {proc.stderr[-500:]!r}")
+    if run.code != 0:
+        raise RuntimeError(f"{bin_dir}/portmap {command} failed: {run.stdout!r} {run.stderr[-500:]!r}")
     return elapsed
 
 
-def run_inside(args, netns: str) -> int:
-    from podplumb.install import install
+def run_inside(args, pod_ns: str) -> int:
     ours = tempfile.mkdtemp(prefix="ppbench-pm-bin-")
     try:
         install(ours)
-        return _measure(args, netns, {"podplumb": ours, "reference": REFERENCE_BIN})
+        return _measure(args, pod_ns, {"podplumb": ours, "reference": REFERENCE_BIN})
     finally:
         shutil.rmtree(ours, ignore_errors=True)
 
 
-def _measure(args, netns: str, flavors: dict) -> int:
+def _measure(args, pod_ns: str, flavors: dict) -> int:
     figures = {}
     background = 0
     for load in (0, args.portmap_background):
@@ -98,7 +90,7 @@ def _measure(args, netns: str, flavors: dict) -> int:
             offset = 0 if flavor == "podplumb" else 5000
             for index in range(background, load):
                 port = 20000 + offset + index
-                _call(bin_dir, "ADD", f"bg-{flavor}-{index}", netns, index + offset // 10, range(port, port + 1))
+                _call(bin_dir, "ADD", f"bg-{flavor}-{index}", pod_ns, index + offset // 10, range(port, port + 1))
         background = load
         for mappings in (1, 20):
             samples = {flavor: [] for flavor in flavors}
@@ -107,8 +99,8 @@ def _measure(args, netns: str, flavors: dict) -> int:
                 for flavor in order:
                     index, first = (1000, 50000) if flavor == "podplumb" else (1100, 51000)
                     ports = range(first, first + mappings)
-                    took = _call(flavors[flavor], "ADD", "timed", netns, index, ports)
-                    took += _call(flavors[flavor], "DEL", "timed", netns, index, ports)
+                    took = _call(flavors[flavor], "ADD", "timed", pod_ns, index, ports)
+                    took += _call(flavors[flavor], "DEL", "timed", pod_ns, index, ports)
                     samples[flavor].append(took)
             figures[(load, mappings)] = {f: statistics.median(s) * 1000 for f, s in samples.items()}
     print(f"portmap ADD+DEL of one container, median of {args.portmap_runs} (ms); "

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from podplumb import netns
 from podplumb.install import install
 from podplumb.overlay import lab
 from podplumb.runtime import Network
@@ -41,8 +42,8 @@ def iperf3(client_ns: str, server_ns: str, server_ip: str, seconds: float) -> fl
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
-            run = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-p", str(PORT),
-                                  "-t", str(seconds), "-J"], capture_output=True, text=True, timeout=seconds + 30)
+            run = netns.sh("iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(seconds), "-J", ns=client_ns,
+                           check=False, timeout=seconds + 30)
             report = json.loads(run.stdout or '{"error": "no output"}')
             if "error" not in report:    # iperf3 3.12 -J may exit 0 on errors: read the report
                 return report["end"]["sum_received"]["bits_per_second"]
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
             net = Network({"cniVersion": "1.1.0", "name": "bench-overlay",
                            "plugins": [lab.static_plugin(host, dc.hosts, VNI)]}, bin_dir, host_ns=host.ns)
             pod = dc.add_pod()
-            pods.append((pod, lab.pod_ip(net.add(f"bench{i}", f"/run/netns/{pod}"))))
+            pods.append((pod, lab.pod_ip(net.add(f"bench{i}", netns.path(pod)))))
         (pod_a, _), (pod_b, ip_b) = pods
         host_a, host_b = dc.hosts
         overlay, underlay = [], []

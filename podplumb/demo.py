@@ -7,40 +7,20 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 
+from plugins.host_local.config import Location
+from plugins.host_local.store import Store
+from podplumb import netns
 from podplumb.install import install
 from podplumb.runtime import Network
 
 SUBNET4, SUBNET6 = "10.123.0.0/24", "fd00:123::/64"
 
 
-def _sh(*argv, ns=None) -> str:
-    if ns:
-        argv = ("ip", "netns", "exec", ns) + argv
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-
-
-def _ping(ns, address) -> str:
-    ok = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", address],
-                        capture_output=True).returncode == 0
-    return "ok" if ok else "FAILED"
-
-
-@contextlib.contextmanager
-def _namespaces(*names):
-    made = []
-    try:
-        for name in names:
-            _sh("ip", "netns", "add", name)
-            made.append(name)
-            _sh("ip", "link", "set", "lo", "up", ns=name)
-        yield names
-    finally:
-        for name in made:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+def _out(*argv, ns) -> str:
+    return netns.sh(*argv, ns=ns).stdout
 
 
 def network_demo(out=print) -> bool:
@@ -49,7 +29,7 @@ def network_demo(out=print) -> bool:
     workdir = tempfile.mkdtemp(prefix="podplumb-demo-")
     ok = True
     try:
-        with _namespaces(host, pod_a, pod_b):
+        with netns.namespaces(host, pod_a, pod_b):
             bin_dir = os.path.join(workdir, "bin")
             install(bin_dir, daemon_socket=None)
             data_dir = os.path.join(workdir, "leases")
@@ -63,11 +43,11 @@ def network_demo(out=print) -> bool:
             pods = {"pod-a": pod_a, "pod-b": pod_b}
             results = {}
             for name, ns in pods.items():
-                results[name] = net.add(f"demo-{name}-{tag}", f"/run/netns/{ns}")
+                results[name] = net.add(f"demo-{name}-{tag}", netns.path(ns))
                 out(f"-- ADD {name}: " + ", ".join(ip["address"] for ip in results[name]["ips"]))
-                for line in _sh("ip", "-br", "addr", "show", "eth0", ns=ns).splitlines():
+                for line in _out("ip", "-br", "addr", "show", "eth0", ns=ns).splitlines():
                     out("   " + line)
-                for line in (_sh("ip", "route", ns=ns) + _sh("ip", "-6", "route", ns=ns)).splitlines():
+                for line in (_out("ip", "route", ns=ns) + _out("ip", "-6", "route", ns=ns)).splitlines():
                     out("   route: " + line)
             b = {4 if "." in ip["address"] else 6: ip["address"].split("/")[0] for ip in results["pod-b"]["ips"]}
             gateways = {4 if "." in ip["address"] else 6: ip["gateway"] for ip in results["pod-a"]["ips"]}
@@ -76,19 +56,20 @@ def network_demo(out=print) -> bool:
                 for source, target, label in ((pod_a, b[family], "pod-a -> pod-b"),
                                               (pod_a, gateways[family], "pod-a -> gateway"),
                                               (pod_b, gateways[family], "pod-b -> gateway")):
-                    verdict = _ping(source, target)
-                    ok &= verdict == "ok"
+                    reached = netns.ping(source, target)
+                    ok &= reached
+                    verdict = "ok" if reached else "FAILED"
                     out(f"   IPv{family} {label:17} {target:22} {verdict}")
             for name, ns in pods.items():
-                net.check(f"demo-{name}-{tag}", f"/run/netns/{ns}")
+                net.check(f"demo-{name}-{tag}", netns.path(ns))
             out("-- CHECK of both pods: ok")
             for name, ns in pods.items():
-                net.delete(f"demo-{name}-{tag}", f"/run/netns/{ns}")
+                net.delete(f"demo-{name}-{tag}", netns.path(ns))
             out("-- DEL of both pods")
-            leftovers = [l["ifname"] for l in json.loads(_sh("ip", "-j", "link", "show", ns=host))
+            leftovers = [l["ifname"] for l in json.loads(_out("ip", "-j", "link", "show", ns=host))
                          if l["ifname"].startswith("veth")]
-            leases = sorted(f for f in os.listdir(os.path.join(data_dir, "demo")) if f[0].isdigit() or ":" in f)
-            pod_links = [l["ifname"] for ns in pods.values() for l in json.loads(_sh("ip", "-j", "link", "show", ns=ns))
+            leases = sorted(str(lease.address) for lease in Store(Location("demo", data_dir)).leases())
+            pod_links = [l["ifname"] for ns in pods.values() for l in json.loads(_out("ip", "-j", "link", "show", ns=ns))
                          if l["ifname"] != "lo"]
             out(f"   veths left on the host: {leftovers or 'none'}; pod interfaces left: {pod_links or 'none'}; "
                 f"leases left: {leases or 'none'}")

@@ -4,6 +4,7 @@ Nothing of this machine's own network is touched."""
 
 import tempfile
 
+from podplumb import netns
 from podplumb.install import install
 from podplumb.overlay import lab
 from podplumb.runtime import Network
@@ -11,15 +12,7 @@ from podplumb.runtime import Network
 VNI = 42
 
 
-def _ping(ns: str, address: str) -> bool:
-    try:
-        lab.sh("ping", "-c", "1", "-W", "2", address, ns=ns)
-        return True
-    except RuntimeError:
-        return False
-
-
-def run(out=print) -> int:
+def run(out=print) -> bool:
     with tempfile.TemporaryDirectory(prefix="podplumb-vxlan-demo-") as work, \
             lab.data_centre(work, hosts=3, prefix="ppdemo") as dc:
         bin_dir = f"{work}/bin"
@@ -31,21 +24,21 @@ def run(out=print) -> int:
                       "plugins": [lab.static_plugin(host, dc.hosts, VNI)]}
             net = Network(config, bin_dir, host_ns=host.ns)
             pod = dc.add_pod()
-            ip = lab.pod_ip(net.add(f"demo-pod{i}", f"/run/netns/{pod}"))
+            ip = lab.pod_ip(net.add(f"demo-pod{i}", netns.path(pod)))
             attached.append((net, pod, ip))
             out(f"host{i}: subnet {host.subnet}, VTEP ppvx.{VNI} mtu "
-                f"{lab.sh('cat', f'/sys/class/net/ppvx.{VNI}/mtu', ns=host.ns).strip()}, pod{i} {ip}")
-        out("host1 overlay routes:\n  " + lab.sh("ip", "-4", "route", "show", "dev", f"ppvx.{VNI}",
-                                                  ns=dc.hosts[0].ns).strip().replace("\n", "\n  "))
+                f"{netns.sh('cat', f'/sys/class/net/ppvx.{VNI}/mtu', ns=host.ns).stdout.strip()}, pod{i} {ip}")
+        out("host1 overlay routes:\n  " + netns.sh("ip", "-4", "route", "show", "dev", f"ppvx.{VNI}",
+                                                     ns=dc.hosts[0].ns).stdout.strip().replace("\n", "\n  "))
         failures = 0
         for a, (_, pod, _) in enumerate(attached, 1):
             for b, (_, _, ip) in enumerate(attached, 1):
                 if a != b:
-                    ok = _ping(pod, ip)
+                    ok = netns.ping(pod, ip)
                     failures += not ok
                     out(f"pod{a} -> pod{b} ({ip}): {'ok' if ok else 'FAILED'}")
         for i, (net, pod, _) in enumerate(attached, 1):
-            net.delete(f"demo-pod{i}", f"/run/netns/{pod}")
+            net.delete(f"demo-pod{i}", netns.path(pod))
             net.gc([])
         out("pods deleted, VTEPs garbage-collected, namespaces removed")
-    return 1 if failures else 0
+    return not failures

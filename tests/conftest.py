@@ -2,15 +2,12 @@
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 
 import pytest
 
-from podplumb import client
 from podplumb.install import install
+from podplumb.runtime import DaemonProcess as NodeDaemon, Network, exec_plugin   # tests import NodeDaemon from here
 from tests import kernel
 
 REFERENCE_BIN = "/usr/lib/cni"
@@ -61,74 +58,17 @@ def reference_available() -> bool:
 
 class PluginHost:
     """Where CNI plugins run in a test: our executables in `bin_dir`, run inside `ns` (the fake host);
-    in "daemon" mode they forward each call to `daemon`, a node daemon living in `ns`."""
+    installed for the daemon, they forward each call to a node daemon living in `ns`."""
 
-    def __init__(self, bin_dir, ns, mode, daemon=None):
+    def __init__(self, bin_dir, ns):
         self.bin_dir = bin_dir
         self.ns = ns
-        self.mode = mode
-        self.daemon = daemon
 
     def network(self, conflist, path=None):
-        from podplumb.runtime import Network
         return Network(conflist, self.bin_dir, host_ns=self.ns, path=path)
 
     def exec(self, plugin_type, command, config, **kw):
-        from podplumb.runtime import exec_plugin
         return exec_plugin(self.bin_dir, plugin_type, command, config, host_ns=self.ns, **kw)
-
-
-class NodeDaemon:
-    """`podplumb daemon` run inside the namespace `ns` (it does netlink, nft and sysctl in its own)."""
-
-    START_TIMEOUT = 30
-    STOP_TIMEOUT = 15
-
-    def __init__(self, ns: str, socket_path: str, log_path: str, env: dict | None = None, args=()):
-        self.ns = ns
-        self.socket = socket_path
-        self.log_path = log_path
-        self.env = env
-        self.args = list(args)
-        self.proc = None
-
-    def start(self) -> "NodeDaemon":
-        podplumb = os.path.join(os.path.dirname(sys.executable), "podplumb")
-        with open(self.log_path, "ab") as log:
-            # `ip netns exec` execs the command: self.proc.pid is the daemon's pid.
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, podplumb, "daemon", "--socket", self.socket,
-                                          "--drain-timeout", "10", *self.args], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log, env=self.env)
-        deadline = time.monotonic() + self.START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"node daemon exited {self.proc.returncode}: {self.log()}")
-            if os.path.exists(self.socket) and client.forward(
-                    self.socket, "plugins.bridge.plugin:PLUGIN", {"CNI_COMMAND": "VERSION"}, b"") is not None:
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"node daemon did not answer on {self.socket} within {self.START_TIMEOUT}s: {self.log()}")
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL after a bound; the exit code (negative: killed by that signal)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(self.STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log(self, tail: int | None = 3000) -> str:
-        with open(self.log_path, errors="replace") as f:
-            text = f.read()
-        return text[-tail:] if tail else text
 
 
 @pytest.fixture
@@ -152,12 +92,12 @@ def node_daemon(host_ns, tmp_path):
 def plugin_host(request, cni_bin, host_ns, node_daemon, tmp_path):
     """Our plugins as a runtime on `host_ns` would call them, in each execution mode."""
     if request.param == "standalone":
-        yield PluginHost(cni_bin, host_ns, "standalone")
+        yield PluginHost(cni_bin, host_ns)
         return
     daemon = node_daemon()
     bin_dir = tmp_path / "cni-bin"
     install(str(bin_dir), daemon_socket=daemon.socket)
-    yield PluginHost(bin_dir, host_ns, "daemon", daemon)
+    yield PluginHost(bin_dir, host_ns)
     code = daemon.stop()
     assert code == 0, f"node daemon exited {code} on SIGTERM: {daemon.log()}"
     assert not os.path.exists(daemon.socket), "the node daemon left its socket behind"

@@ -1,8 +1,11 @@
-"""Small helpers for tests that use the real kernel: namespaces, commands inside them."""
+"""Small helpers for tests that use the real kernel: namespaces, commands inside them
+(podplumb.netns, with failures raised as AssertionError)."""
 
 import json
 import subprocess
 import uuid
+
+from podplumb import netns
 
 
 def unique(prefix: str, length: int = 15) -> str:
@@ -10,12 +13,10 @@ def unique(prefix: str, length: int = 15) -> str:
 
 
 def sh(*argv, ns=None, check=True, timeout=30, input=None) -> subprocess.CompletedProcess:
-    if ns:
-        argv = ("ip", "netns", "exec", ns) + argv
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stdout}{proc.stderr}")
-    return proc
+    try:
+        return netns.sh(*argv, ns=ns, check=check, timeout=timeout, input=input)
+    except RuntimeError as e:
+        raise AssertionError(str(e)) from None
 
 
 def ip_json(*args, ns=None):
@@ -23,21 +24,7 @@ def ip_json(*args, ns=None):
     return json.loads(out) if out.strip() else []
 
 
-def add_netns(name: str):
-    sh("ip", "netns", "add", name)
-    sh("ip", "link", "set", "lo", "up", ns=name)
-
-
-def del_netns(name: str):
-    sh("ip", "netns", "del", name, check=False)
-
-
-def netns_path(name: str) -> str:
-    return f"/run/netns/{name}"
-
-
-def ping(ns: str, address: str, count: int = 1, size: int | None = None) -> bool:
-    argv = ["ping", "-c", str(count), "-W", "2", "-i", "0.2"]
-    if size:
-        argv += ["-s", str(size), "-M", "do"]
-    return sh(*argv, address, ns=ns, check=False).returncode == 0
+add_netns = netns.add
+del_netns = netns.delete
+netns_path = netns.path
+ping = netns.ping

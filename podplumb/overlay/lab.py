@@ -6,20 +6,12 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
-import subprocess
 import uuid
+
+from podplumb import netns
 
 UNDERLAY = ipaddress.ip_network("192.168.77.0/24")
 UNDERLAY_ROUTER = "192.168.77.254"
-
-
-def sh(*argv, ns: str | None = None, timeout: float = 30) -> str:
-    if ns:
-        argv = ("ip", "netns", "exec", ns) + argv
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stdout}{proc.stderr}")
-    return proc.stdout
 
 
 @dataclasses.dataclass
@@ -32,21 +24,20 @@ class Host:
 
     @property
     def path(self) -> str:
-        return f"/run/netns/{self.ns}"
+        return netns.path(self.ns)
 
 
 class DataCentre:
-    def __init__(self, work_dir: str, prefix: str = "ppv", underlay_mtu: int = 1500):
+    def __init__(self, work_dir: str, prefix: str = "ppv"):
         self.work_dir = work_dir
         self.prefix = prefix
-        self.mtu = underlay_mtu
         self.namespaces = []
         self.hosts = []
         try:
             self.underlay = self._netns("ul")
-            sh("ip", "link", "add", "ul0", "type", "bridge", ns=self.underlay)
-            sh("ip", "addr", "add", f"{UNDERLAY_ROUTER}/{UNDERLAY.prefixlen}", "dev", "ul0", ns=self.underlay)
-            sh("ip", "link", "set", "ul0", "up", ns=self.underlay)
+            netns.sh("ip", "link", "add", "ul0", "type", "bridge", ns=self.underlay)
+            netns.sh("ip", "addr", "add", f"{UNDERLAY_ROUTER}/{UNDERLAY.prefixlen}", "dev", "ul0", ns=self.underlay)
+            netns.sh("ip", "link", "set", "ul0", "up", ns=self.underlay)
         except BaseException:
             self.close()
             raise
@@ -54,21 +45,20 @@ class DataCentre:
     def _netns(self, role: str) -> str:
         name = f"{self.prefix}{role}-{uuid.uuid4().hex[:10]}"
         self.namespaces.append(name)
-        sh("ip", "netns", "add", name)
-        sh("ip", "link", "set", "lo", "up", ns=name)
+        netns.add(name)
         return name
 
     def add_host(self) -> Host:
         number = len(self.hosts) + 1
         ns = self._netns(f"h{number}")
-        port, mtu = f"u{number}", str(self.mtu)
-        sh("ip", "link", "add", port, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns", ns,
-           ns=self.underlay)
-        sh("ip", "link", "set", port, "master", "ul0", "up", ns=self.underlay)
+        port = f"u{number}"
+        netns.sh("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                 ns=self.underlay)
+        netns.sh("ip", "link", "set", port, "master", "ul0", "up", ns=self.underlay)
         address = str(UNDERLAY.network_address + number)
-        sh("ip", "addr", "add", f"{address}/{UNDERLAY.prefixlen}", "dev", "eth0", ns=ns)
-        sh("ip", "link", "set", "eth0", "up", ns=ns)
-        sh("ip", "route", "add", "default", "via", UNDERLAY_ROUTER, ns=ns)
+        netns.sh("ip", "addr", "add", f"{address}/{UNDERLAY.prefixlen}", "dev", "eth0", ns=ns)
+        netns.sh("ip", "link", "set", "eth0", "up", ns=ns)
+        netns.sh("ip", "route", "add", "default", "via", UNDERLAY_ROUTER, ns=ns)
         host_dir = os.path.join(self.work_dir, f"host{number}")
         host = Host(ns=ns, underlay_ip=address, subnet=f"10.77.{number}.0/24",
                     state_dir=os.path.join(host_dir, "state"), data_dir=os.path.join(host_dir, "ipam"))
@@ -80,13 +70,13 @@ class DataCentre:
 
     def close(self):
         for name in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            netns.delete(name)
         self.namespaces.clear()
 
 
 @contextlib.contextmanager
-def data_centre(work_dir: str, hosts: int, prefix: str = "ppv", underlay_mtu: int = 1500):
-    dc = DataCentre(work_dir, prefix, underlay_mtu)
+def data_centre(work_dir: str, hosts: int, prefix: str = "ppv"):
+    dc = DataCentre(work_dir, prefix)
     try:
         for _ in range(hosts):
             dc.add_host()

@@ -11,8 +11,9 @@ import time
 
 from podplumb.runtime import Network, exec_plugin
 from tests import kernel
+from tests.conftest import REFERENCE_BIN
+from tests.netns.bridge_helpers import pod_addresses
 
-REFERENCE_BIN = "/usr/lib/cni"
 HOST_EXT = ("192.0.2.1", "2001:db8:e::1")       # host_ns address on the "outside" link
 HOST_EXT_OTHER = ("192.0.2.3", "2001:db8:e::3")  # a second host address there (hostIP tests)
 CLIENT_EXT = ("192.0.2.2", "2001:db8:e::2")
@@ -162,11 +163,7 @@ class Env:
     def pod(self, name: str, capability_args=None, serve: bool = True) -> Pod:
         ns = self.make_ns("pppod")
         result = self.network.add(name, kernel.netns_path(ns), capability_args=capability_args)
-        ips = {}
-        for ip in result["ips"]:
-            address = ip["address"].split("/")[0]
-            ips.setdefault(6 if ":" in address else 4, address)
-        pod = Pod(name, ns, ips)
+        pod = Pod(name, ns, pod_addresses(result))   # one address per family: one range each
         settle(self.host, ns)
         if serve:
             self.serve(pod)
@@ -188,13 +185,12 @@ class Env:
         return exec_plugin(self.network.bin_dir, "portmap", command, {**base, **config}, container_id=container_id,
                            netns=netns, ifname=ifname, path=[self.network.bin_dir], host_ns=self.host)
 
-    def tagged_rules(self, container_id: str, ifname: str = "eth0") -> list[str]:
-        """The lines of our portmap table commented for this container."""
-        out = kernel.sh("nft", "list", "ruleset", ns=self.host).stdout
-        return [line.strip() for line in out.splitlines() if f" {container_id}/{ifname}\"" in line]
-
     def ruleset(self) -> str:
         return kernel.sh("nft", "list", "ruleset", ns=self.host).stdout
+
+    def tagged_rules(self, container_id: str, ifname: str = "eth0") -> list[str]:
+        """The lines of our portmap table commented for this container."""
+        return [line.strip() for line in self.ruleset().splitlines() if f" {container_id}/{ifname}\"" in line]
 
     def close(self):
         for proc in self._servers:
