@@ -1,6 +1,13 @@
 """Checks for config fields shared by the plugins; each failure names the key."""
 
+import re
+
 from cni.errors import config_error
+
+# Container IDs, network names and plugin types, as the reference checks them. Always fullmatch:
+# `$` would admit a final newline.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+PLAIN_NAME_RULE = "must start with a letter or digit, then letters, digits, '_', '.' or '-'"
 
 
 def ifname_problem(name: str) -> str | None:
@@ -47,3 +54,18 @@ def integer(raw: dict, key: str, default: int | None, low: int, high: int, zero_
     if not (low <= value <= high or (zero_ok and value == 0)):
         raise config_error(f"'{key}' {value} is out of range", f"expected {low} to {high}")
     return value
+
+
+def cni_args(raw: dict) -> dict:
+    """The config's `args.cni` object ({} when absent)."""
+    args = raw.get("args")
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise config_error("'args' must be an object", f"got {args!r}")
+    cni = args.get("cni")
+    if cni is None:
+        return {}
+    if not isinstance(cni, dict):
+        raise config_error("'args.cni' must be an object", f"got {cni!r}")
+    return cni

@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 
-from cni import result as results, skel
+from cni import fields, result as results, skel
 from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, DECODE_FAILURE, TRY_AGAIN_LATER
 from cni.skel import Request
 
@@ -18,8 +18,8 @@ EXEC_TIMEOUT = 60
 
 
 def find(name: str, path) -> str:
-    if not name or "/" in name or name in (".", ".."):
-        raise CNIError(INVALID_CONFIG, f"invalid plugin type {name!r}")
+    if not fields.PLAIN_NAME.fullmatch(name):
+        raise CNIError(INVALID_CONFIG, f"invalid plugin type {name!r}", fields.PLAIN_NAME_RULE)
     for directory in path:
         candidate = os.path.join(directory, name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):

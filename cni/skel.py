@@ -8,21 +8,18 @@ import importlib
 import json
 import logging
 import os
-import re
 import traceback
 from collections.abc import Callable, Mapping
 
-from cni import fields, log, version as versions
+from cni import fields, limits, log, version as versions
 from cni.errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
-                        INVALID_ENVIRONMENT, UNKNOWN_CONTAINER, INVALID_CONFIG)
+                        INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, INVALID_CONFIG)
 from cni.result import to_version
 
 LOG = logging.getLogger("podplumb")
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_NETWORK_NAME = _CONTAINER_ID
 
 
 # Each CNI_* variable: the commands that require it.
@@ -89,6 +86,10 @@ def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[bytes, in
     except CNIError as e:
         LOG.error("%s %s failed: code %d: %s", plugin.name, command or "?", e.code, e)
         return _dump(e.to_dict(reply_version)), 1
+    except OSError as e:  # a file or path the config names that the system refuses (ENAMETOOLONG, EACCES…)
+        LOG.error("%s %s failed:\n%s", plugin.name, command or "?", traceback.format_exc())
+        err = CNIError(IO_FAILURE, f"{plugin.name}: {e.strerror or 'I/O error'}", str(e))
+        return _dump(err.to_dict(reply_version)), 1
     except Exception as e:  # a bug: report it as the spec's error object, trace on stderr only
         LOG.error("%s %s crashed:\n%s", plugin.name, command or "?", traceback.format_exc())
         err = CNIError(INTERNAL, f"internal error in {plugin.name}", f"{type(e).__name__}: {e}")
@@ -130,9 +131,9 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
         raise CNIError(INVALID_ENVIRONMENT, f"required environment variables missing: {', '.join(missing)}",
                        f"{command} needs {', '.join(n for n, c in _REQUIRED.items() if command in c)}")
     container_id = env.get("CNI_CONTAINERID", "")
-    if container_id and not _CONTAINER_ID.match(container_id):
+    if container_id and not fields.PLAIN_NAME.fullmatch(container_id):
         raise CNIError(INVALID_ENVIRONMENT, f"invalid CNI_CONTAINERID {container_id!r}",
-                       "must start with a letter or digit, then letters, digits, '_', '.' or '-'")
+                       fields.PLAIN_NAME_RULE)
     ifname = env.get("CNI_IFNAME", "")
     problem = fields.ifname_problem(ifname) if ifname else None
     if problem:
@@ -149,17 +150,28 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
 
 
 def _parse_config(stdin: bytes) -> dict:
-    try:
-        config = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CNIError(DECODE_FAILURE, "network config is not valid JSON", str(e)) from None
+    config = decode_json(stdin)
     if not isinstance(config, dict):
         raise CNIError(DECODE_FAILURE, "network config must be a JSON object", f"got {type(config).__name__}")
     name = config.get("name")
-    if name is not None and (not isinstance(name, str) or not _NETWORK_NAME.match(name)):
+    if name is not None and (not isinstance(name, str) or not fields.PLAIN_NAME.fullmatch(name)):
         raise CNIError(INVALID_CONFIG, f"invalid network name {name!r}",
-                       "must start with a letter or digit, then letters, digits, '_', '.' or '-'")
+                       fields.PLAIN_NAME_RULE)
     return config
+
+
+def decode_json(data: bytes):
+    """JSON within the size and depth bounds of cni.limits."""
+    limits.check_config_size(data)
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise CNIError(DECODE_FAILURE, "network config is nested too deeply",
+                       f"at most {limits.MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CNIError(DECODE_FAILURE, "network config is not valid JSON", str(e)) from None
+    limits.check_depth(value)
+    return value
 
 
 def _check_netns(netns: str, command: str):

@@ -48,7 +48,7 @@ def version_reply(stdin: bytes, supported=SUPPORTED) -> bytes:
     if stdin.strip():
         try:
             asked = json.loads(stdin).get("cniVersion", asked)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             pass
     if asked not in SUPPORTED:
         asked = CURRENT

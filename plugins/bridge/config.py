@@ -92,14 +92,12 @@ def _trunk(trunk) -> tuple:
 
 def _mac(request: Request) -> str | None:
     """runtimeConfig.mac, else args.cni.mac, else CNI_ARGS MAC=."""
-    args = request.config.get("args")
-    candidates = [request.runtime_config().get("mac"),
-                  ((args or {}).get("cni") or {}).get("mac") if isinstance(args, dict) else None,
+    candidates = [request.runtime_config().get("mac"), fields.cni_args(request.config).get("mac"),
                   request.args.get("MAC")]
     mac = next((m for m in candidates if m), None)
     if mac is None:
         return None
-    if not isinstance(mac, str) or not _MAC.match(mac):
+    if not isinstance(mac, str) or not _MAC.fullmatch(mac):
         raise config_error(f"invalid MAC address {mac!r}", "expected six hex pairs like 0a:58:0a:01:00:05")
     if int(mac[:2], 16) & 1:
         raise config_error(f"MAC address {mac} is a multicast address")

@@ -1,12 +1,15 @@
 """bridge: a veth pair from the pod's namespace to a Linux bridge on the host."""
 
 import ipaddress
+import logging
 
 from cni import invoke, netlink, nftables, result as results, skel
 from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT
 from cni.rollback import Rollback
 
 from plugins.bridge import config, macspoof, setup
+
+LOG = logging.getLogger("podplumb")
 
 
 def add(request: skel.Request) -> dict:
@@ -95,7 +98,7 @@ def delete(request: skel.Request):
     _ipam(conf, request, "DEL")
     # Deleting either end of a veth removes the pair: the host end named by prevResult needs no
     # trip into the pod's namespace, which may be gone already (CNI_NETNS is empty then).
-    host_name = _host_interface(_prev_result(request))
+    host_name = _host_interface(_prev_result_if_readable(request))
     with netlink.Namespace() as host:
         veth = host.link(host_name) if host_name else None
         bridge = host.link(conf.bridge) if veth else None
@@ -118,11 +121,21 @@ def _prev_result(request: skel.Request) -> dict | None:
     return results.from_any(prev, request.version) if prev else None
 
 
+def _prev_result_if_readable(request: skel.Request) -> dict | None:
+    """DEL is best-effort: a malformed prevResult is ignored, and the pod's side found from CNI_NETNS."""
+    try:
+        return _prev_result(request)
+    except CNIError as e:
+        LOG.warning("DEL ignores an unreadable prevResult: %s", e)
+        return None
+
+
 def _host_interface(prev: dict | None) -> str | None:
     """The host-side veth named by a prevResult: the interface without sandbox that is not the bridge."""
     if not prev:
         return None
-    host_side = [i["name"] for i in prev["interfaces"] if not i.get("sandbox") and i.get("name")]
+    host_side = [i["name"] for i in prev["interfaces"]
+                 if not i.get("sandbox") and isinstance(i.get("name"), str) and i["name"]]
     return host_side[1] if len(host_side) > 1 else None
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import ipaddress
 import os
 
+from cni import fields, limits
 from cni.errors import CNIError, INVALID_ENVIRONMENT, config_error
 from plugins.host_local import ranges
 
@@ -59,8 +60,10 @@ def load(config: dict, cni_args: dict) -> Config:
     resolv_conf = ipam.get("resolvConf") or None
     if resolv_conf is not None and not isinstance(resolv_conf, str):
         raise config_error("ipam.resolvConf must be a string", f"got {resolv_conf!r}")
+    routes = _list(ipam, "routes")
+    limits.check_count(routes, limits.MAX_ROUTES, "ipam.routes")
     return Config(location=location, range_sets=_range_sets(config, ipam),
-                  routes=tuple(_route(r, f"ipam.routes[{i}]") for i, r in enumerate(_list(ipam, "routes"))),
+                  routes=tuple(_route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
                   resolv_conf=resolv_conf, requested=_requested(config, cni_args))
 
 
@@ -88,6 +91,10 @@ def _range_sets(config: dict, ipam: dict) -> tuple[ranges.RangeSet, ...]:
     specs += [(s, f"ipam.ranges[{i}]") for i, s in enumerate(_list(ipam, "ranges"))]
     if not specs:
         raise config_error("no IP ranges specified", "set ipam.ranges or ipam.subnet")
+    limits.check_count(specs, limits.MAX_RANGE_SETS, "IPAM range sets")
+    for spec, where in specs:
+        if isinstance(spec, list):
+            limits.check_count(spec, limits.MAX_RANGES_PER_SET, f"ranges in {where}")
     sets = tuple(ranges.parse_range_set(spec, i, where) for i, (spec, where) in enumerate(specs))
     for i, a in enumerate(sets):
         for b in sets[i + 1:]:
@@ -130,10 +137,8 @@ def _requested(config: dict, cni_args: dict) -> tuple[ranges.Address, ...]:
             found.append(ranges.parse_address(text, "CNI_ARGS IP"))
         except CNIError as e:
             raise CNIError(INVALID_ENVIRONMENT, e.msg, e.details) from None
-    args = config.get("args")
-    cni = args.get("cni") if isinstance(args, dict) else None
-    if isinstance(cni, dict):
-        found += [ranges.parse_address(t, "args.cni.ips entry") for t in _list(cni, "ips", "args.cni")]
+    found += [ranges.parse_address(t, "args.cni.ips entry")
+              for t in _list(fields.cni_args(config), "ips", "args.cni")]
     runtime = config.get("runtimeConfig")
     if isinstance(runtime, dict):
         found += [ranges.parse_address(t, "runtimeConfig.ips entry") for t in _list(runtime, "ips", "runtimeConfig")]

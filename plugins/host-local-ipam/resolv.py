@@ -1,16 +1,12 @@
 """resolv.conf -> a result's `dns` object."""
 
-from cni.errors import CNIError, IO_FAILURE
+from cni import limits
 
 
 def parse(path: str) -> dict:
     """`nameserver` lines accumulate, `domain` keeps the last, `search` and `options` accumulate
     their words; comments (# or ;) and unknown keywords are skipped."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError as e:
-        raise CNIError(IO_FAILURE, f"cannot read resolvConf {path}", e.strerror or str(e)) from None
+    lines = limits.read_small_file(path, "resolvConf").decode("utf-8", errors="replace").splitlines()
     dns = {}
     for line in lines:
         words = line.split()

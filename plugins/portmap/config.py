@@ -4,7 +4,7 @@ import dataclasses
 import ipaddress
 import logging
 
-from cni import result as results
+from cni import limits, result as results
 from cni.errors import config_error
 from cni.skel import Request
 
@@ -109,6 +109,7 @@ def _mappings(value) -> tuple:
         return ()
     if not isinstance(value, list):
         raise config_error("portmap: runtimeConfig.portMappings must be a list", f"got {value!r}")
+    limits.check_count(value, limits.MAX_PORT_MAPPINGS, "port mappings")
     mappings = [_mapping(entry) for entry in value]
     return tuple(mappings)
 

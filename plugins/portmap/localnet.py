@@ -23,7 +23,7 @@ def route_interface(address: str) -> str | None:
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
         LOG.warning("portmap: cannot find the interface routing to %s: %s", address, e)
         return None
-    if dev and not _SAFE_NAME.match(dev):
+    if dev and not _SAFE_NAME.fullmatch(dev):
         LOG.warning("portmap: not enabling route_localnet on oddly named interface %r", dev)
         return None
     return dev

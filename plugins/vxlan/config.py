@@ -8,7 +8,7 @@ import dataclasses
 import ipaddress
 import os
 
-from cni import fields
+from cni import fields, limits
 from cni.errors import config_error
 from cni.skel import Request
 from plugins.host_local.ranges import parse_address, parse_cidr
@@ -101,6 +101,7 @@ def _peers(entries, subnet) -> tuple[StaticPeer, ...]:
         return ()
     if not isinstance(entries, list):
         raise config_error("'peers' must be a list", f"got {entries!r}")
+    limits.check_count(entries, limits.MAX_PEERS, "peers")
     if subnet is None:
         raise config_error("'peers' needs 'subnet'", "static peers need this host's own pod subnet")
     peers, seen = [], [subnet]

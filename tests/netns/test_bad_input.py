@@ -1,6 +1,7 @@
 """Malformed input: the right error code, a message naming the problem, and nothing left behind."""
 
 import json
+import os
 
 import pytest
 
@@ -52,6 +53,17 @@ CASES = [
     ("hairpin-and-promisc", config(hairpinMode=True, promiscMode=True), {}, 7, "hairpinMode and promiscMode"),
     ("unknown-ipam", config(**{"ipam.type": "no-such-ipam"}), {}, 7, "no-such-ipam"),
     ("bad-network-name", config(name="bad/name"), {}, 7, "bad/name"),
+    ("containerid-trailing-newline", config(), {"CNI_CONTAINERID": "ctr\n"}, 4, "CNI_CONTAINERID"),
+    ("network-name-trailing-newline", config(name="badnet\n"), {}, 7, "badnet"),
+    ("ipam-type-trailing-newline", config(**{"ipam.type": "host-local\n"}), {}, 7, "host-local"),
+    ("args-cni-not-object", config(args={"cni": "x"}), {}, 7, "args.cni"),
+    ("nested-too-deep", b"[" * 100000 + b"]" * 100000, {}, 6, "nested too deeply"),
+    ("config-too-large", b'{"cniVersion": "1.0.0", "pad": "' + b"a" * (5 << 20) + b'"}', {}, 6, "too large"),
+    ("resolvconf-device", config(**{"ipam.resolvConf": "/dev/zero"}), {}, 5, "not a regular file"),
+    ("too-many-range-sets", config(**{"ipam.ranges": [[{"subnet": f"10.{i}.0.0/24"}] for i in range(65)]}),
+     {}, 7, "too many"),
+    ("too-many-routes", config(**{"ipam.routes": [{"dst": f"10.{i // 256}.{i % 256}.0/24"} for i in range(1025)]}),
+     {}, 7, "too many"),
 ]
 
 
@@ -130,3 +142,32 @@ def test_exhausted_pool(plugin_host, netns, data_dir):
     assert leases(data_dir, "badnet") == ["10.66.0.10"]
     run = _run_add(plugin_host, conf, _env(first, {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "first"}), data_dir)
     assert run.code == 0
+
+
+def test_resolvconf_fifo_is_refused_without_blocking(plugin_host, netns, data_dir, tmp_path):
+    fifo = tmp_path / "resolv.fifo"
+    os.mkfifo(fifo)
+    pod = netns("pod")
+    run = _run_add(plugin_host, config(**{"ipam.resolvConf": str(fifo)}), _env(pod, {}), data_dir)
+    assert_clean_error(run, 5, "not a regular file")
+    assert host_links(pod) == ["lo"]
+    assert leases(data_dir, "badnet") == []
+
+
+MALFORMED_PREV_RESULTS = ["x", 5, {"interfaces": "abc"}, {"ips": [1]}, {"ips": [{"address": "nope"}]},
+                          {"cniVersion": "0.1.0"}, {"interfaces": [{"name": 5}, {"name": ["x"]}]},
+                          {"routes": [{"dst": 7}]}]
+
+
+@pytest.mark.parametrize("prev", MALFORMED_PREV_RESULTS, ids=[json.dumps(p)[:24] for p in MALFORMED_PREV_RESULTS])
+def test_delete_ignores_a_malformed_prev_result(plugin_host, netns, data_dir, prev):
+    pod = netns("pod")
+    before = host_links(plugin_host.ns)
+    run = _run_add(plugin_host, config(), _env(pod, {}), data_dir)
+    assert run.code == 0, run
+    assert leases(data_dir, "badnet") != []
+    run = _run_add(plugin_host, config(prevResult=prev), _env(pod, {"CNI_COMMAND": "DEL"}), data_dir)
+    assert run.code == 0, run
+    assert leases(data_dir, "badnet") == []
+    assert host_links(pod) == ["lo"]
+    assert sorted(set(host_links(plugin_host.ns)) - {"ppbad0"}) == before
