@@ -323,10 +323,15 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             kind = volume_kind(request.parameters, request.volume_capabilities)
             for cap in request.volume_capabilities:
                 checks.capability(cap, kind)
+            if kind == "gluster":
+                volume_context = gluster.context_of(request.parameters)
         except InvalidArgument:
             return empty
-        with self.driver.store.transaction() as tx:
-            available = self.driver.available_bytes(tx)
+        if kind == "gluster":     # the Gluster volume's free space, not the state dir's
+            available = BACKENDS[kind].free_bytes(self.driver.layout.root, volume_context)
+        else:
+            with self.driver.store.transaction() as tx:
+                available = self.driver.available_bytes(tx)
         return csi_pb2.GetCapacityResponse(
             available_capacity=available,
             maximum_volume_size=wrappers_pb2.Int64Value(value=available))

@@ -57,18 +57,28 @@ def record_from_context(volume_id, context):
                   context=json.dumps(canonical, sort_keys=True))
 
 
-def volume_path(root, volume):
-    context = json.loads(volume.context)
+def _mount_point(root, context):
+    """Where the controller mounts the Gluster volume a context names."""
     servers = gluster.parse_servers(context["glusterServer"])
     name = f"{gluster.check_volume_name(context['glusterVolume'])}@{','.join(map(str, servers))}"
-    return os.path.join(root, "gluster", name, layout.VOLUME_ID.match(volume.id).group())
+    return os.path.join(root, "gluster", name)
+
+
+def volume_path(root, volume):
+    return os.path.join(_mount_point(root, json.loads(volume.context)),
+                        layout.VOLUME_ID.match(volume.id).group())
+
+
+def _source(mount_point):
+    """(servers, Gluster volume) named by a controller mount point."""
+    volume, _, servers = os.path.basename(mount_point).partition("@")
+    return gluster.parse_servers(servers), volume
 
 
 def _parts(path):
     """(controller mount point, servers, Gluster volume, sub-directory) of a volume path."""
     mount_point, subdir = os.path.split(path)
-    volume, _, servers = os.path.basename(mount_point).partition("@")
-    return mount_point, gluster.parse_servers(servers), volume, subdir
+    return (mount_point, *_source(mount_point), subdir)
 
 
 def _glusterfs_at(path):
@@ -142,6 +152,21 @@ class GlusterBackend:
         if os.path.isdir(path):
             self.glusterd.remove(volume, subdir)   # needs the directory: it names a path
             shutil.rmtree(path)
+
+    def free_bytes(self, root, context):
+        """Free space of the Gluster volume a context names (mounted for the
+        look if the controller has no mount of it); 0 when it is unusable."""
+        mount_point = _mount_point(root, context)
+        with self._lock:
+            try:
+                self._ensure_mounted(mount_point, *_source(mount_point))
+            except gluster.GlusterError:
+                return 0
+            try:
+                st = os.statvfs(mount_point)
+                return st.f_bavail * st.f_frsize
+            finally:
+                self._release_if_unused(mount_point)
 
     def grow(self, path, size):
         _, _, volume, subdir = _parts(path)

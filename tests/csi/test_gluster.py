@@ -263,6 +263,15 @@ def test_bad_requests_leave_nothing(glusterd, nodes):
         volume_capability=mount_cap(), volume_context={"kind": "gluster"})) \
         == Code.INVALID_ARGUMENT
 
+    def capacity(parameters):
+        return a.controller.GetCapacity(pb.GetCapacityRequest(
+            parameters=parameters, volume_capabilities=[mount_cap()]),
+            timeout=RPC_TIMEOUT).available_capacity
+
+    brick = os.statvfs(glusterd.brick)
+    assert 0 < capacity(params(glusterd)) <= brick.f_blocks * brick.f_frsize
+    assert capacity(params(glusterd, glusterVolume="nosuchvolume")) == 0
+
     listed = a.controller.ListVolumes(pb.ListVolumesRequest(), timeout=RPC_TIMEOUT).entries
     assert [e.volume.volume_id for e in listed] == []
     assert glusterd.brick_entries() == []
