@@ -37,8 +37,15 @@ end-volume
 """
 
 
-def _free_address():
-    for _ in range(50):
+class PortTaken(Exception):
+    pass
+
+
+def free_address():
+    """A random 127.x.y.z where glusterd's port is free. Only the default port
+    works: glusterd starts its bricks with `-s ADDRESS` and no port, so they
+    ask port 24007 for their volume file whatever glusterd listens on."""
+    for _ in range(20):
         address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
         with socket.socket() as s:
             try:
@@ -46,7 +53,8 @@ def _free_address():
                 return address
             except OSError:
                 continue
-    raise RuntimeError(f"no free loopback address for port {PORT}")
+    raise PortTaken(f"port {PORT} is taken on loopback addresses (a glusterd of the machine "
+                    "listening on *:24007?): a second glusterd cannot run")
 
 
 def _listing(directory):
@@ -58,8 +66,8 @@ def _listing(directory):
 
 class Glusterd:
     def __init__(self):
+        self.address = free_address()
         self.root = Path(tempfile.mkdtemp(prefix="ppgl-", dir="/tmp"))
-        self.address = _free_address()
         self.volume = "pp" + uuid.uuid4().hex[:10]
         self.brick = self.root / "brick"
         self.socket = self.root / "glusterd.socket"
