@@ -38,6 +38,10 @@ class Unreachable(GlusterError):
     """No server of the list answers on its management port."""
 
 
+class Busy(GlusterError):
+    """glusterd is running another change of the volume (from anywhere in the cluster)."""
+
+
 class VolumeUnusable(GlusterError):
     """The servers answer, but the volume does not exist or is not started."""
 
@@ -110,11 +114,12 @@ def mount(servers, volume, subdir, target):
 
 
 def is_live_mount(path):
-    """A mount point whose FUSE client still answers (a dead client gives ENOTCONN)."""
+    """A mount point whose FUSE client still answers (a dead client gives
+    ENOTCONN; statfs always asks the client, stat may be answered from cache)."""
     if not mounts.is_mountpoint(path):
         return False
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             return False
@@ -132,7 +137,10 @@ class Management:
 
     def _gluster(self, *args, check=True):
         sock = [f"--glusterd-sock={self.socket}"] if self.socket else []
-        return mounts.run("gluster", "--mode=script", *sock, *args, check=check)
+        proc = mounts.run("gluster", "--mode=script", *sock, *args, check=check)
+        if proc.returncode != 0 and "Another transaction is in progress" in proc.stderr + proc.stdout:
+            raise Busy(f"glusterd is busy with another change: {proc.stderr.strip()}; retry")
+        return proc
 
     def check_volume(self, servers, volume):
         """Raise unless a server answers and the volume exists and is started."""
@@ -176,10 +184,11 @@ class Management:
             self._gluster("volume", "quota", volume, option, str(ENFORCE_SECONDS))
 
     def remove(self, volume, directory):
-        """Drop the limit of /directory; no limit (or no quota at all) is fine."""
+        """Drop the limit of /directory; no limit (no limit xattr: "No data
+        available"), no quota or no directory is fine."""
         proc = self._gluster("volume", "quota", volume, "remove", f"/{directory}", check=False)
         text = proc.stdout + proc.stderr
         if proc.returncode != 0 and not any(s in text for s in (
-                "No limit is set", "Quota is disabled", "No such file or directory")):
+                "No data available", "Quota is disabled", "No such file or directory")):
             raise GlusterError(f"cannot remove quota of /{directory} on Gluster volume "
                                f"{volume!r} via glusterd: {text.strip()}")

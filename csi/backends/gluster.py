@@ -29,7 +29,7 @@ def _as_csi_errors():
         yield
     except gluster.BadParameter as e:
         raise InvalidArgument(str(e)) from e
-    except gluster.Unreachable as e:
+    except (gluster.Unreachable, gluster.Busy) as e:
         raise Unavailable(str(e)) from e
     except gluster.VolumeUnusable as e:
         raise FailedPrecondition(str(e)) from e
@@ -123,9 +123,11 @@ class GlusterBackend:
 
     def copy(self, source, path, size):
         """A clone: a new directory with its quota, filled with a copy of source."""
-        with _as_csi_errors():
+        def fill():
             self._ensure_mounted(*_parts(source)[:3])
-        self._create(path, size, lambda: mounts.run("cp", "-a", "--", source + "/.", path))
+            mounts.run("cp", "-a", "--", source + "/.", path)
+
+        self._create(path, size, fill)
 
     def _create(self, path, size, fill):
         mount_point, servers, volume, subdir = _parts(path)

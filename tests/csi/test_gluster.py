@@ -5,6 +5,7 @@ both nodes stage and publish them, node B learns them from the volume context.
 
 import errno
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -14,7 +15,8 @@ import pytest
 
 from csi.v1 import csi_pb2 as pb
 from tests.csi.conftest import (MiB, RPC_TIMEOUT, Code, Driver, Mode, code_of, dispose_root,
-                                is_mountpoint, mount_cap, mounts_under, new_root, rpc_error)
+                                is_mountpoint, mount_cap, mounts_under, new_root, rpc_error,
+                                wait_gone)
 from tests.csi.glusterd import Glusterd, PortTaken
 
 pytestmark = pytest.mark.skipif(
@@ -95,7 +97,8 @@ class Mounted:
             self.drv.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(
                 volume_id=self.vol.volume_id, staging_target_path=str(self.staging)),
                 timeout=RPC_TIMEOUT)
-        assert not is_mountpoint(self.staging) and not os.path.exists(self.target)
+        assert not is_mountpoint(self.staging) and not is_mountpoint(self.target)
+        assert not os.path.lexists(self.target)
 
     def stats(self):
         return self.drv.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
@@ -202,9 +205,9 @@ def test_restart_keeps_mounts_and_reboot_restages(glusterd, nodes):
     on_b = Mounted(b, vol).up()
     try:
         (on_b.target / "kept").write_text("before")
-        client = _fuse_client_pid(on_b.staging)
+        client = _fuse_clients(on_b.staging)
         b.restart()
-        assert _fuse_client_pid(on_b.staging) == client        # the same mount, untouched
+        assert _fuse_clients(on_b.staging) == client            # the same mount, untouched
         assert (on_b.target / "kept").read_text() == "before"
 
         b.stop()                                              # a reboot: mounts gone, state kept
@@ -214,6 +217,22 @@ def test_restart_keeps_mounts_and_reboot_restages(glusterd, nodes):
         assert is_mountpoint(on_b.staging) and is_mountpoint(on_b.target)
         assert (on_b.target / "kept").read_text() == "before"
         assert not on_b.stats().volume_condition.abnormal
+
+        clients = _fuse_clients(on_b.staging)
+        for pid in clients:
+            os.kill(pid, signal.SIGKILL)        # the FUSE client dies: reported, and undone
+        wait_gone(clients)                      # by unpublish and unstage, also after a restart
+        with pytest.raises(OSError) as dead:
+            os.statvfs(on_b.target)
+        assert dead.value.errno == errno.ENOTCONN
+        b.restart()
+        status = b.controller.ControllerGetVolume(pb.ControllerGetVolumeRequest(
+            volume_id=vol.volume_id), timeout=RPC_TIMEOUT).status
+        assert status.volume_condition.abnormal
+        assert "client does not answer" in status.volume_condition.message
+        on_b.down()
+        on_b.up()                               # and staged afresh
+        assert (on_b.target / "kept").read_text() == "before"
     finally:
         b.start() if b.proc.poll() is not None else None
         on_b.down()
@@ -221,15 +240,18 @@ def test_restart_keeps_mounts_and_reboot_restages(glusterd, nodes):
     assert glusterd.brick_entries() == []
 
 
-def _fuse_client_pid(mountpoint):
+def _fuse_clients(mountpoint):
+    """PIDs of the glusterfs processes of a mount point (the client of an
+    earlier, unmounted mount at the same path can linger for a moment)."""
+    pids = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
         except OSError:
             continue
         if argv[0].endswith(b"glusterfs") and str(mountpoint).encode() in argv:
-            return int(pid)
-    return None
+            pids.add(int(pid))
+    return pids
 
 
 def test_bad_requests_leave_nothing(glusterd, nodes):
@@ -281,3 +303,4 @@ def test_bad_requests_leave_nothing(glusterd, nodes):
     assert mounts_under(a.root) == []
     controller_mounts = a.state_dir / "gluster"
     assert not controller_mounts.exists() or os.listdir(controller_mounts) == []
+
