@@ -22,6 +22,7 @@ from csi import mounts
 DEFAULT_PORT = 24007
 CONNECT_TIMEOUT = 5          # seconds per server
 ENFORCE_SECONDS = 1          # quota soft-timeout and hard-timeout where the driver enables quota
+MAX_SERVERS_TEXT = 180       # with the volume name, one path component (255 bytes) of the state dir
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 _VOLUME = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")     # glusterd's own rule for volume names
 
@@ -59,6 +60,8 @@ def parse_servers(text):
     """Servers of a `glusterServer` value: "host", "host:port", or a
     comma-separated list of them (the first one is asked first). All servers
     of one volume share the management port, as mount.glusterfs takes one."""
+    if len(text or "") > MAX_SERVERS_TEXT:
+        raise BadParameter(f"glusterServer is longer than {MAX_SERVERS_TEXT} characters")
     servers = []
     for item in (text or "").split(","):
         host, _, port = item.strip().partition(":")

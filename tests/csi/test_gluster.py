@@ -234,7 +234,8 @@ def test_restart_keeps_mounts_and_reboot_restages(glusterd, nodes):
         on_b.up()                               # and staged afresh
         assert (on_b.target / "kept").read_text() == "before"
     finally:
-        b.start() if b.proc.poll() is not None else None
+        if b.proc.poll() is not None:        # failed while node B was down
+            b.start()
         on_b.down()
         delete(a, vol.volume_id)
     assert glusterd.brick_entries() == []
