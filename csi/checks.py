@@ -16,6 +16,13 @@ SUPPORTED_MODES = frozenset({
     Mode.SINGLE_NODE_SINGLE_WRITER,
     Mode.SINGLE_NODE_MULTI_WRITER,
 })
+# Kinds whose storage every node reaches, and the modes that adds.
+SHARED_KINDS = frozenset({"gluster"})
+SHARED_MODES = SUPPORTED_MODES | {
+    Mode.MULTI_NODE_READER_ONLY,
+    Mode.MULTI_NODE_SINGLE_WRITER,
+    Mode.MULTI_NODE_MULTI_WRITER,
+}
 
 MAX_NAME = 128
 MAX_PATH = 4096
@@ -59,7 +66,7 @@ def capability(cap, kind=None):
         raise InvalidArgument("volume capability needs an access type (mount or block)")
     if not cap.HasField("access_mode"):
         raise InvalidArgument("volume capability needs an access mode")
-    if cap.access_mode.mode not in SUPPORTED_MODES:
+    if cap.access_mode.mode not in (SHARED_MODES if kind in SHARED_KINDS else SUPPORTED_MODES):
         raise InvalidArgument(
             f"access mode {Mode.Mode.Name(cap.access_mode.mode)} is not supported: "
             "volumes are local to one node")
@@ -72,8 +79,8 @@ def capability(cap, kind=None):
             raise InvalidArgument("invalid mount_flags")
         if cap.mount.volume_mount_group:
             raise InvalidArgument("volume_mount_group is not supported")
-    if kind == "bind" and which == "block":
-        raise InvalidArgument("bind volumes have no block access")
+    if kind in ("bind", "gluster") and which == "block":
+        raise InvalidArgument(f"{kind} volumes have no block access")
     return cap
 
 

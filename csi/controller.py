@@ -7,7 +7,7 @@ import os
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from csi import checks, layout, mounts
-from csi.backends import BACKENDS
+from csi.backends import BACKENDS, gluster
 from csi.driver import TOPOLOGY_KEY, get_snapshot, get_volume, volume_condition
 from csi.errors import (AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, OutOfRange,
                         ResourceExhausted, rpc)
@@ -40,7 +40,8 @@ def _foreign_parameters(parameters, known):
 
 
 def volume_kind(parameters, caps):
-    unknown = _foreign_parameters(parameters, {"kind"})
+    kind_parameters = gluster.PARAMETERS if parameters.get("kind") == "gluster" else set()
+    unknown = _foreign_parameters(parameters, {"kind"} | kind_parameters)
     if unknown:
         raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
     if "kind" in parameters:
@@ -81,10 +82,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         elif vol.source_type == "volume":
             source = csi_pb2.VolumeContentSource(
                 volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=vol.source_id))
+        shared = vol.kind in checks.SHARED_KINDS        # reachable from every node
         return csi_pb2.Volume(
             capacity_bytes=vol.size, volume_id=vol.id, volume_context=self._context(vol),
             content_source=source,
-            accessible_topology=[csi_pb2.Topology(segments=self.driver.topology)])
+            accessible_topology=[] if shared else [
+                csi_pb2.Topology(segments=self.driver.topology)])
 
     @staticmethod
     def _context(vol):
@@ -123,14 +126,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def _size(kind, fs_type, required, limit, source_size):
         if required:
             size = round_up(required)
-        elif kind == "loop":
+        elif kind in ("loop", "gluster"):
             size = min(DEFAULT_LOOP_SIZE, limit // MiB * MiB) if limit else DEFAULT_LOOP_SIZE
         else:
             size = limit
         size = max(size, source_size)
         if fs_type == "xfs":
             size = max(size, XFS_MIN_SIZE)
-        if (limit and size > limit) or (kind == "loop" and size <= 0):
+        if (limit and size > limit) or (kind in ("loop", "gluster") and size <= 0):
             raise OutOfRange(f"cannot make a {kind} volume of {size} bytes within limit {limit}")
         return size
 
@@ -143,8 +146,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             checks.capability(cap, kind)
         fs_type = requested_fs_type(kind, request.volume_capabilities)
         required, limit = checks.capacity(request.capacity_range)
+        context = (gluster.context_of(request.parameters) if kind == "gluster"
+                   else {"kind": kind, "fsType": fs_type} if kind == "loop" else {"kind": kind})
         requisite = request.accessibility_requirements.requisite
-        if requisite and not any(self._reachable(t) for t in requisite):
+        if requisite and kind not in checks.SHARED_KINDS and \
+                not any(self._reachable(t) for t in requisite):
             raise ResourceExhausted("volumes are only reachable from node "
                                     f"{self.driver.config.node_id}, not in the requisite topology")
         with self.driver.busy.hold("create-volume:" + name):
@@ -162,13 +168,15 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if existing is not None:
                 created_fs = self._context(existing).get("fsType", "")
                 compatible = (existing.kind == kind and created_fs == fs_type
+                              and (kind != "gluster" or self._context(existing) == context)
                               and (existing.source_type, existing.source_id) == (source_type, source_id)
                               and existing.size >= required and not (limit and existing.size > limit))
                 if not compatible:
                     raise AlreadyExists(f"volume {name!r} exists with other properties")
                 return csi_pb2.CreateVolumeResponse(volume=self._volume_message(existing))
             size = self._size(kind, fs_type, required, limit, source.size if source else 0)
-            context = {"kind": kind, "fsType": fs_type} if kind == "loop" else {"kind": kind}
+            if kind == "loop":
+                context["fsType"] = fs_type      # the source's, for a copy
             vol = Volume(layout.new_volume_id(), name, kind, fs_type, size, source_type, source_id,
                          context=json.dumps(context, sort_keys=True))
             with self.driver.busy.hold(source_id):
@@ -198,6 +206,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     def _provision(self, vol, source):
         """Build the volume in tmp/, move it in place, then record it."""
+        if vol.kind == "gluster":
+            self._provision_elsewhere(vol, source)
+            return
         def build(scratch):
             if source is None:
                 BACKENDS[vol.kind].create(scratch, vol.size, vol.fs_type)
@@ -207,6 +218,21 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 self._copy_quiesced(source, source_path, scratch, vol.size)
 
         self._make(vol, self.driver.volume_path(vol), build, lambda tx: tx.add_volume(vol))
+
+    def _provision_elsewhere(self, vol, source):
+        """A volume outside the state dir (no local capacity, no tmp/): the
+        backend makes it in place and removes it again if recording fails."""
+        backend, path = BACKENDS[vol.kind], self.driver.volume_path(vol)
+        if source is None:
+            backend.create(path, vol.size, vol.fs_type)
+        else:
+            backend.copy(self.driver.volume_path(source), path, vol.size)
+        try:
+            with self.driver.store.transaction() as tx:
+                tx.add_volume(vol)
+        except BaseException:
+            backend.delete(path)
+            raise
 
     def _copy_quiesced(self, source, source_path, target, size):
         """Copy a snapshot or volume; a mounted loop file system is frozen meanwhile."""
@@ -297,10 +323,15 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             kind = volume_kind(request.parameters, request.volume_capabilities)
             for cap in request.volume_capabilities:
                 checks.capability(cap, kind)
+            if kind == "gluster":
+                volume_context = gluster.context_of(request.parameters)
         except InvalidArgument:
             return empty
-        with self.driver.store.transaction() as tx:
-            available = self.driver.available_bytes(tx)
+        if kind == "gluster":     # the Gluster volume's free space, not the state dir's
+            available = BACKENDS[kind].free_bytes(self.driver.layout.root, volume_context)
+        else:
+            with self.driver.store.transaction() as tx:
+                available = self.driver.available_bytes(tx)
         return csi_pb2.GetCapacityResponse(
             available_capacity=available,
             maximum_volume_size=wrappers_pb2.Int64Value(value=available))
@@ -322,8 +353,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if new_size > vol.size:
                 if limit and new_size > limit:
                     raise OutOfRange(f"{new_size} bytes exceed limit {limit}")
-                with self.driver.store.transaction() as tx:
-                    self._fits(tx, new_size - vol.size)
+                if vol.kind not in checks.SHARED_KINDS:
+                    with self.driver.store.transaction() as tx:
+                        self._fits(tx, new_size - vol.size)
                 BACKENDS[vol.kind].grow(self.driver.volume_path(vol), new_size)
                 with self.driver.store.transaction() as tx:
                     tx.set_volume_size(vol.id, new_size)
@@ -348,6 +380,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 if existing.source_volume_id != source_id:
                     raise AlreadyExists(f"snapshot {name!r} exists for another volume")
                 return csi_pb2.CreateSnapshotResponse(snapshot=self._snapshot_message(existing))
+            if vol.kind == "gluster":
+                raise FailedPrecondition(f"volume {vol.id} is a gluster volume: snapshots of "
+                                         "gluster volumes are not supported (clone it instead)")
             snap = Snapshot(layout.new_snapshot_id(), name, vol.id, vol.kind, vol.fs_type, vol.size)
             with self.driver.busy.hold(vol.id):
                 snap = self._take_snapshot(snap, vol)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from csi.layout import Layout, is_snapshot_id, is_volume_id
 from csi.state import Store
 from csi.backends import BACKENDS
+from csi.backends.gluster import volume_path as gluster_volume_path
 from csi.errors import Busy, NotFound
 from csi.v1 import csi_pb2
 
@@ -20,6 +21,7 @@ class Config:
     name: str = DEFAULT_NAME
     capacity: int = 0         # 0: the state dir's free space
     max_volumes: int = 0      # 0: no limit
+    glusterd_socket: str = ""  # "": the gluster CLI's default
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Driver:
         self.layout = Layout(self.config.state_dir)
         self.layout.create()
         self.store = Store(self.layout.db)
+        BACKENDS["gluster"].use_glusterd_socket(self.config.glusterd_socket)
 
     @property
     def topology(self):
@@ -46,6 +49,8 @@ class Driver:
         return st.f_bavail * st.f_frsize
 
     def volume_path(self, volume):
+        if volume.kind == "gluster":       # a directory in a Gluster volume, named by its context
+            return gluster_volume_path(self.layout.root, volume)
         return self.layout.volume(volume.id, volume.kind)
 
     def problem(self, volume, stage, pubs):

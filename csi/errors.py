@@ -47,6 +47,10 @@ class Aborted(CsiError):
     code = grpc.StatusCode.ABORTED
 
 
+class Unavailable(CsiError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class Busy:
     """Keys (volume IDs, request names) with an operation in flight.
 

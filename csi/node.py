@@ -9,10 +9,11 @@ import json
 import os
 
 from csi import checks, mounts
-from csi.backends import BACKENDS
+from csi.backends import BACKENDS, gluster
 from csi.driver import get_volume, volume_condition
 from csi.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
                         rpc)
+from csi.layout import is_volume_id
 from csi.state import Publication, Stage
 from csi.v1 import csi_pb2, csi_pb2_grpc
 
@@ -101,14 +102,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, driver):
         self.driver = driver
 
-    def _volume(self, volume_id):
+    def _volume(self, volume_id, volume_context=None):
+        """The record of volume_id. A gluster volume made by another node's
+        controller is learnt from its volume context and kept, so that
+        unstage, unpublish and a restart work without that context."""
         with self.driver.store.transaction() as tx:
+            if volume_context and volume_context.get("kind") == "gluster" \
+                    and is_volume_id(volume_id) and tx.volume(volume_id) is None:
+                tx.add_volume(gluster.record_from_context(volume_id, volume_context))
             return get_volume(tx, volume_id)
 
     @rpc("volume_id", "staging_target_path", "volume_capability")
     def NodeStageVolume(self, request, context):
         staging = checks.path(request.staging_target_path, "staging_target_path")
-        vol = self._volume(request.volume_id)
+        vol = self._volume(request.volume_id, request.volume_context)
         cap = checks.capability(request.volume_capability, vol.kind)
         access = checks.access_of(cap)
         wanted_fs = cap.mount.fs_type if access == "mount" else ""
@@ -168,10 +175,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.staging_target_path:
             raise FailedPrecondition("staging_target_path is required: the volume must be staged")
         staging = checks.path(request.staging_target_path, "staging_target_path")
-        vol = self._volume(request.volume_id)
+        vol = self._volume(request.volume_id, request.volume_context)
         cap = checks.capability(request.volume_capability, vol.kind)
         mode = cap.access_mode.mode
-        readonly = request.readonly or mode == Mode.SINGLE_NODE_READER_ONLY
+        readonly = request.readonly or mode in (Mode.SINGLE_NODE_READER_ONLY,
+                                                Mode.MULTI_NODE_READER_ONLY)
         pub = Publication(target, vol.id, readonly, checks.fingerprint(cap))
         with self.driver.busy.hold(vol.id):
             with self.driver.store.transaction() as tx:

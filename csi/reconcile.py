@@ -59,7 +59,10 @@ def _remove_orphans(directory, known, is_id):
 def _restage(driver, vol, stage):
     if stage.access == "mount" and vol.kind == "loop" and mounts.is_mountpoint(stage.path):
         mounts.thaw(stage.path, check=False)  # a crash mid-snapshot
-    if stage.access == "mount" and not os.path.isdir(stage.path):
+    # a mount point whose FUSE client died is no directory, yet not gone: keep
+    # its records, so that unpublish and unstage can still unmount it
+    if stage.access == "mount" and not os.path.isdir(stage.path) \
+            and not mounts.is_mountpoint(stage.path):
         log.warning("reconcile: staging path %s of %s is gone; dropping the staging",
                     stage.path, vol.id)
         with driver.store.transaction() as tx:
@@ -76,7 +79,8 @@ def _restage(driver, vol, stage):
 
 
 def _republish(driver, vol, stage, pub):
-    if stage is None or not os.path.lexists(pub.target) or os.path.islink(pub.target):
+    gone = not (os.path.lexists(pub.target) or mounts.is_mountpoint(pub.target))
+    if stage is None or gone or os.path.islink(pub.target):
         log.warning("reconcile: dropping publication of %s at %s", vol.id, pub.target)
         with driver.store.transaction() as tx:
             tx.delete_publication(pub.target)

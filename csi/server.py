@@ -61,6 +61,9 @@ def parse_args(argv):
                    help="bytes to provision in total (default: free space of the state dir)")
     p.add_argument("--name", default=DEFAULT_NAME)
     p.add_argument("--max-volumes", type=int, default=0, help="max_volumes_per_node (0: no limit)")
+    p.add_argument("--glusterd-socket", default="",
+                   help="glusterd's management socket, for the quotas of gluster volumes "
+                        "(default: the gluster CLI's own, /var/run/glusterd.socket)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
@@ -118,7 +121,8 @@ def _prepare_socket(path):
 
 def serve(args):
     driver = Driver(Config(node_id=args.node_id, state_dir=args.state_dir, name=args.name,
-                           capacity=args.capacity, max_volumes=args.max_volumes))
+                           capacity=args.capacity, max_volumes=args.max_volumes,
+                           glusterd_socket=args.glusterd_socket))
     reconcile(driver)
     server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS),
                          interceptors=[LoggingInterceptor()])

@@ -14,7 +14,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS volumes (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,                 -- bind | loop
+    kind TEXT NOT NULL,                 -- bind | loop | gluster
     fs_type TEXT NOT NULL,              -- loop: ext4 | xfs | '' (not formatted); bind: ''
     size INTEGER NOT NULL,
     source_type TEXT NOT NULL,          -- '' | snapshot | volume
@@ -207,7 +207,8 @@ class Transaction:
 
     # --------------------------------------------------------- accounting
     def accounted_bytes(self):
-        (volumes,), = self._rows("SELECT COALESCE(SUM(size), 0) FROM volumes")
+        """Bytes taken from the state dir's capacity (gluster volumes live elsewhere)."""
+        (volumes,), = self._rows("SELECT COALESCE(SUM(size), 0) FROM volumes WHERE kind != 'gluster'")
         (snaps,), = self._rows("SELECT COALESCE(SUM(size), 0) FROM snapshots")
         return volumes + snaps
 

@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
     iproute2 iputils-ping procps nftables kmod util-linux mount e2fsprogs xfsprogs
     containernetworking-plugins etcd-server etcd-client iperf3
     python3 python3-venv python3-dev
+    glusterfs-server glusterfs-client
 )
 
 setup() {

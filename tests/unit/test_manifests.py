@@ -381,18 +381,23 @@ def test_sidecars_have_the_permissions_they_use(group, resource, verb):
 # ------------------------------------------------------ classes and examples
 def test_storage_classes_per_kind():
     classes = {sc["metadata"]["name"]: sc for sc in objects("StorageClass")}
-    assert set(classes) == {"podplumb-bind", "podplumb-ext4", "podplumb-xfs", "podplumb-block"}
+    assert set(classes) == {"podplumb-bind", "podplumb-ext4", "podplumb-xfs", "podplumb-block",
+                            "podplumb-gluster"}
     assert classes["podplumb-bind"]["parameters"]["kind"] == "bind"
     assert classes["podplumb-ext4"]["parameters"] == {"kind": "loop", "csi.storage.k8s.io/fstype": "ext4"}
     assert classes["podplumb-xfs"]["parameters"] == {"kind": "loop", "csi.storage.k8s.io/fstype": "xfs"}
     assert classes["podplumb-block"]["parameters"]["kind"] == "loop"
+    assert set(classes["podplumb-gluster"]["parameters"]) == {"kind", "glusterServer",
+                                                              "glusterVolume"}
     for sc in classes.values():
         # node-deployment provisioners only act on PVCs with a selected node
         assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
         assert sc["allowVolumeExpansion"] is True
         # the driver refuses any other parameter (docs/csi-contract.md)
+        known = {"kind"} | ({"glusterServer", "glusterVolume"}
+                            if sc["parameters"]["kind"] == "gluster" else set())
         for key in sc["parameters"]:
-            assert key == "kind" or key.startswith("csi.storage.k8s.io/"), key
+            assert key in known or key.startswith("csi.storage.k8s.io/"), key
 
 
 def test_examples_reference_existing_classes():
