@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
     containernetworking-plugins etcd-server etcd-client iperf3
     python3 python3-venv python3-dev
     glusterfs-server glusterfs-client
+    dnsmasq-base containerd podman runc gcc libc6-dev busybox-static curl
 )
 
 setup() {

@@ -13,6 +13,23 @@ from tests import kernel
 REFERENCE_BIN = "/usr/lib/cni"
 
 
+def pytest_configure(config):
+    """Give each run its own temporary root unless one is named.
+
+    pytest's shared /tmp/pytest-of-<user> is pruned by every run, so two runs at
+    once (two developers' worktrees, say) would delete each other's files.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="podplumb-pytest-")
+        config._podplumb_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_podplumb_basetemp", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def cni_bin(tmp_path_factory):
     """A CNI bin dir holding our installed executables, as `podplumb install` writes them."""

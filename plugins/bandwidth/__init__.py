@@ -1,0 +1,1 @@
+"""The bandwidth plugin (being written)."""

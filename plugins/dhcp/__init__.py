@@ -1,0 +1,1 @@
+"""The dhcp plugin (being written)."""

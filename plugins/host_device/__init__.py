@@ -1,0 +1,1 @@
+"""The host-device plugin (being written)."""

@@ -1,0 +1,1 @@
+"""The loopback plugin (being written)."""

@@ -1,0 +1,1 @@
+"""The macvlan plugin (being written)."""

@@ -1,0 +1,1 @@
+"""The ptp plugin (being written)."""

@@ -1,0 +1,1 @@
+"""The sbr plugin (being written)."""

@@ -1,0 +1,1 @@
+"""The static plugin (being written)."""
