@@ -82,7 +82,6 @@ def gc(request: skel.Request):
     if not store.exists():
         return
     with store.locked():
-        store.remove_temporary_files()
         for lease in store.leases():
             if not any(lease.belongs_to(container_id, ifname) for container_id, ifname in valid):
                 store.release(lease.address)

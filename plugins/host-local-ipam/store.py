@@ -58,6 +58,7 @@ class Store:
     def __init__(self, location: Location):
         self.path = location.path
         self._changed = False
+        self._locked = False
 
     def exists(self) -> bool:
         return os.path.isdir(self.path)
@@ -72,13 +73,17 @@ class Store:
             raise _io_error("create the lease directory", self.path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._locked = True
             yield self
             if self._changed:
                 self._sync_directory()
         finally:
+            self._locked = False
             os.close(fd)   # also releases the flock
 
     def leases(self) -> list[Lease]:
+        """The leases on disk. Under the lock, temporary files met on the way (left by a process
+        killed mid-write: only the lock holder writes them) are removed, at no extra listing."""
         try:
             names = os.listdir(self.path)
         except FileNotFoundError:
@@ -87,10 +92,14 @@ class Store:
             raise _io_error("list leases in", self.path, e) from None
         found = []
         for name in names:
+            if name.endswith(TEMP_SUFFIX):
+                if self._locked:
+                    self._remove_temporary(name)
+                continue
             try:
                 address = ipaddress.ip_address(name)
             except ValueError:
-                continue   # lock, last_reserved_ip.N, temporary files
+                continue   # lock, last_reserved_ip.N
             try:
                 with open(os.path.join(self.path, name), "rb") as f:
                     found.append(_parse_lease(address, f.read()))
@@ -147,13 +156,9 @@ class Store:
             raise _io_error("write", path, e) from None
         self._changed = True
 
-    def remove_temporary_files(self):
-        """Left by a process killed mid-write; only ever present while someone holds the lock."""
+    def _remove_temporary(self, name: str):
         with contextlib.suppress(OSError):
-            for name in os.listdir(self.path):
-                if name.endswith(TEMP_SUFFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.path, name))
+            os.unlink(os.path.join(self.path, name))
 
     def unwritable_reason(self) -> str | None:
         """Why ADD could not write here, or None. Creates nothing."""

@@ -2,10 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from cni import skel
+from cni.errors import CHECK_FAILED
 from cni.version import SUPPORTED
 from plugins.host_local.plugin import PLUGIN
 from tests import kernel
@@ -419,3 +422,46 @@ def test_rollback_restores_the_round_robin_position(data_dir, netns_path):
     out, code = call("ADD", dict(conf, runtimeConfig={"ips": ["fd00::2"]}), netns_path, "c1")
     assert code == 102 and "c0" in out["msg"]
     assert files(data_dir) == before
+
+
+# ---- temporary files left by a writer killed mid-write ----
+
+def _killed_mid_write(data_dir) -> str:
+    """Run a real writer in a child and SIGKILL it between writing its temporary file and linking
+    it: returns the name of the file it left behind."""
+    code = ("import os, signal, sys\n"
+            "from plugins.host_local.config import Location\n"
+            "from plugins.host_local.store import Store\n"
+            "from plugins.host_local.ranges import parse_address\n"
+            "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "store = Store(Location('testnet', sys.argv[1]))\n"
+            "with store.locked():\n"
+            "    store.reserve(parse_address('10.1.0.2', 'x'), 'dead', 'eth0')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, data_dir],
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.wait(timeout=30) == -9
+    left = [name for name in files(data_dir) if name.endswith(".podplumb-tmp")]
+    assert left == [f"10.1.0.2.{proc.pid}.podplumb-tmp"]
+    return left[0]
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "GC"])
+def test_temporary_file_of_a_killed_writer_goes_with_the_next_operation(command, data_dir, netns_path):
+    conf = network(data_dir)
+    _killed_mid_write(data_dir)
+    if command == "ADD":
+        assert addresses(add(conf, netns_path, "c1")) == ["10.1.0.2/24"]   # never counted as a lease
+    elif command == "DEL":
+        delete(conf, "c9")
+    else:
+        assert call("GC", dict(conf, **{"cni.dev/valid-attachments": []})) == (None, 0)
+    assert not [name for name in files(data_dir) if name.endswith(".podplumb-tmp")]
+
+
+def test_temporary_file_is_no_lease_for_status_or_check(data_dir, netns_path):
+    conf = network(data_dir, {"ranges": [[{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.2",
+                                            "rangeEnd": "10.1.0.2"}]]})
+    _killed_mid_write(data_dir)
+    assert call("STATUS", conf) == (None, 0)           # the one address is still free
+    out, code = call("CHECK", conf, netns_path, "dead", "eth0")
+    assert code == CHECK_FAILED and "holds no lease" in out["msg"]
