@@ -1,11 +1,34 @@
-"""sysctls of this process's network namespace (the host's, for a plugin)."""
+"""sysctls of this process's network namespace (the host's, for a plugin), or of a pod's."""
+
+
+def _path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
 
 
 def ensure(key: str, value: str):
     """Set `key` (dotted, e.g. net.ipv4.ip_forward) unless it already holds `value`."""
-    path = "/proc/sys/" + key.replace(".", "/")
+    path = _path(key)
     with open(path) as f:
         if f.read().strip() == value:
             return
     with open(path, "w") as f:
         f.write(value)
+
+
+def read_in(netns: str, key: str) -> str:
+    """`key`'s value in the network namespace at `netns` (net.* keys are per namespace)."""
+    from cni import netlink    # pyroute2: only for callers that reach into a pod
+
+    def read():
+        with open(_path(key)) as f:
+            return f.read().strip()
+    return netlink.run_in(netns, read)
+
+
+def write_in(netns: str, key: str, value: str):
+    from cni import netlink
+
+    def write():
+        with open(_path(key), "w") as f:
+            f.write(value)
+    netlink.run_in(netns, write)

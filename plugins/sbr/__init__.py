@@ -1,1 +1,1 @@
-"""The sbr plugin (being written)."""
+"""sbr: source-based routing for a pod interface, chained after a main plugin."""
