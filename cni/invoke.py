@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 
-from cni import fields, result as results, skel
+from cni import fields, netconf, result as results, skel
 from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, DECODE_FAILURE, TRY_AGAIN_LATER
 from cni.skel import Request
 
@@ -55,6 +55,8 @@ def delegate(request: Request, command: str | None = None):
 
 def _in_process(module: str, request: Request):
     plugin = skel.load_plugin(module)
+    if plugin.config_fields:   # the delegate reads the config's keys as its own decoder would
+        request = dataclasses.replace(request, config=netconf.network_config(request.config, plugin.config_fields))
     handler = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
                "STATUS": plugin.status, "GC": plugin.gc}[request.command]
     return handler(request)

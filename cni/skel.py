@@ -11,7 +11,7 @@ import os
 import traceback
 from collections.abc import Callable, Mapping
 
-from cni import fields, limits, log, version as versions
+from cni import fields, limits, log, netconf, version as versions
 from cni.errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
                         INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, INVALID_CONFIG)
 from cni.result import to_version
@@ -62,6 +62,7 @@ class Plugin:
     status: Callable[[Request], None]
     gc: Callable[[Request], None]
     versions: tuple = versions.SUPPORTED
+    config_fields: dict = dataclasses.field(default_factory=dict)   # its own keys: see cni.netconf
 
 
 def load_plugin(module: str) -> Plugin:
@@ -78,7 +79,7 @@ def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[bytes, in
     try:
         if command == "VERSION":
             return versions.version_reply(stdin, plugin.versions), 0
-        request = parse_request(env, stdin)
+        request = parse_request(env, stdin, plugin.config_fields)
         reply_version = request.version
         LOG.info("%s %s container=%s netns=%s ifname=%s", plugin.name, command,
                  request.container_id, request.netns, request.ifname)
@@ -121,7 +122,7 @@ def _require_version(request: Request, minimum: str, command: str):
                        f"{command} needs cniVersion {minimum} or later")
 
 
-def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
+def parse_request(env: Mapping[str, str], stdin: bytes, config_fields: dict | None = None) -> Request:
     command = env.get("CNI_COMMAND", "")
     if command not in COMMANDS:
         raise CNIError(INVALID_ENVIRONMENT, "CNI_COMMAND is missing or unknown" if not command
@@ -138,7 +139,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
     problem = fields.ifname_problem(ifname) if ifname else None
     if problem:
         raise CNIError(INVALID_ENVIRONMENT, f"invalid CNI_IFNAME {ifname!r}", problem)
-    config = _parse_config(stdin)
+    config = _parse_config(stdin, config_fields)
     version = versions.choose(config)
     netns = env.get("CNI_NETNS", "")
     if netns:
@@ -149,10 +150,11 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
                    config=config, stdin=stdin, version=version, env=dict(env))
 
 
-def _parse_config(stdin: bytes) -> dict:
+def _parse_config(stdin: bytes, config_fields: dict | None) -> dict:
     config = decode_json(stdin)
     if not isinstance(config, dict):
         raise CNIError(DECODE_FAILURE, "network config must be a JSON object", f"got {type(config).__name__}")
+    config = netconf.network_config(config, config_fields)
     name = config.get("name")
     if name is not None and (not isinstance(name, str) or not fields.PLAIN_NAME.fullmatch(name)):
         raise CNIError(INVALID_CONFIG, f"invalid network name {name!r}",

@@ -39,6 +39,8 @@ _BOOLS = {
     "preserveDefaultVlan": "preserve_default_vlan", "enabledad": "enable_dad", "macspoofchk": "macspoofchk",
     "disableContainerInterface": "disable_container_interface", "portIsolation": "port_isolation",
 }
+# The plugin's own top-level keys and their shapes, for cni.netconf.
+FIELDS = {**dict.fromkeys(("bridge", "mtu", "vlan", *_BOOLS)), "vlanTrunk": [dict.fromkeys(("id", "minID", "maxID"))]}
 
 
 def load(request: Request) -> BridgeConfig:

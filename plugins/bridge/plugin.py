@@ -197,4 +197,5 @@ def gc(request: skel.Request):
     macspoof.gc(conf.network, valid)
 
 
-PLUGIN = skel.Plugin(name="bridge", add=add, delete=delete, check=check, status=status, gc=gc)
+PLUGIN = skel.Plugin(name="bridge", add=add, delete=delete, check=check, status=status, gc=gc,
+                     config_fields=config.FIELDS)

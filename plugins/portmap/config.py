@@ -14,6 +14,8 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 # Keys of the reference plugin that only mean something to its iptables backend.
 IPTABLES_ONLY = ("externalSetMarkChain", "markMasqBit")
 _FORBIDDEN_IN_CONDITIONS = (";", "\n", "\r", "#")
+# The plugin's own top-level keys, for cni.netconf.
+FIELDS = dict.fromkeys(("snat", "masqAll", "conditionsV4", "conditionsV6", "backend", *IPTABLES_ONLY))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,4 +126,5 @@ def _after_removal(listing: nftables.Listing, table_dropped: bool):
             localnet.reset(ifname)
 
 
-PLUGIN = skel.Plugin(name="portmap", add=add, delete=delete, check=check, status=status, gc=gc)
+PLUGIN = skel.Plugin(name="portmap", add=add, delete=delete, check=check, status=status, gc=gc,
+                     config_fields=configs.FIELDS)

@@ -11,6 +11,7 @@ import os
 from cni import fields, limits
 from cni.errors import config_error
 from cni.skel import Request
+from plugins.bridge.config import FIELDS as BRIDGE_FIELDS
 from plugins.host_local.ranges import parse_address, parse_cidr
 
 DEFAULT_STATE_DIR = "/run/podplumb/vxlan"
@@ -19,6 +20,10 @@ MAX_VNI = 2 ** 24 - 1
 
 # Keys this plugin owns; every other key is passed on to the bridge it attaches pods with.
 OWN_KEYS = ("vni", "port", "mtu", "underlayIP", "vtep", "subnet", "peers", "stateDir", "cluster")
+# Top-level keys and their shapes, for cni.netconf: ours and the bridge's.
+FIELDS = {**BRIDGE_FIELDS, **dict.fromkeys(OWN_KEYS),
+          "peers": [dict.fromkeys(("underlayIP", "subnet"))],
+          "cluster": dict.fromkeys(("etcdEndpoints", "cidr", "subnetLength", "ttl", "prefix", "dataDir"))}
 
 
 @dataclasses.dataclass(frozen=True)

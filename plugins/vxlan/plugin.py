@@ -66,4 +66,5 @@ def gc(request: skel.Request):
                 host.delete_link(conf.vtep)
 
 
-PLUGIN = skel.Plugin(name="vxlan", add=add, delete=delete, check=check, status=status, gc=gc)
+PLUGIN = skel.Plugin(name="vxlan", add=add, delete=delete, check=check, status=status, gc=gc,
+                     config_fields=config.FIELDS)

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 
+from cni import netconf
 from cni.errors import config_error
 from plugins.host_local.ranges import parse_cidr
 from plugins.vxlan import config as vxlan_config
@@ -91,4 +92,4 @@ def _vxlan_section(path: str) -> dict:
     section = next((p for p in plugins if isinstance(p, dict) and p.get("type") == "vxlan"), None)
     if section is None:
         raise config_error(f"network config {path} has no vxlan plugin")
-    return dict(section, name=raw.get("name"))
+    return netconf.network_config(dict(section, name=raw.get("name")), vxlan_config.FIELDS)

@@ -180,3 +180,16 @@ def test_localhost_mapping_with_a_bare_environment(env_factory, host_ns):
         env.network.env = {"PATH": ""}
         env.pod("pod-a", mappings((8080, SERVER_PORT, "tcp")))
         assert request(env.host, "tcp", "127.0.0.1", 8080) == ("pod-a", GATEWAY[4])
+
+
+def test_go_field_names_from_containerd(env_factory):
+    """containerd's CNI library sends port mappings under Go field names; they map all the same."""
+    go_style = {"portMappings": [{"HostPort": 8080, "ContainerPort": SERVER_PORT, "Protocol": "tcp", "HostIP": ""},
+                                 {"HostPort": 8081, "ContainerPort": SERVER_PORT, "Protocol": "UDP",
+                                  "HostIP": HOST_EXT[0]}]}
+    with env_factory() as env:
+        env.pod("pod-a", go_style)
+        assert request(env.client, "tcp", HOST_EXT[0], 8080) == ("pod-a", CLIENT[4])
+        assert request(env.client, "tcp", HOST_EXT[1], 8080) == ("pod-a", CLIENT[6])
+        assert request(env.client, "udp", HOST_EXT[0], 8081) == ("pod-a", CLIENT[4])
+        assert request(env.client, "udp", HOST_EXT_OTHER[0], 8081) is None
