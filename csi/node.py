@@ -6,6 +6,7 @@ finishes whatever a crash interrupted.
 """
 
 import json
+import logging
 import os
 
 from csi import checks, mounts
@@ -17,6 +18,7 @@ from csi.layout import is_volume_id
 from csi.state import Publication, Stage
 from csi.v1 import csi_pb2, csi_pb2_grpc
 
+log = logging.getLogger(__name__)
 Mode = csi_pb2.VolumeCapability.AccessMode
 RPC = csi_pb2.NodeServiceCapability.RPC
 CAPABILITIES = [
@@ -98,6 +100,21 @@ def remove_publication(driver, vol, pub):
 
 # --------------------------------------------------------------------- service
 
+def _rollback(undo, *args):
+    """Undo a failed stage or publish; the first failure is the one the caller
+    hears of, and the record stays when the undo fails, for the CO's retry."""
+    try:
+        undo(*args)
+    except Exception as e:
+        log.error("rollback %s failed: %s", undo.__name__, e)
+
+
+def _learnable(tx, volume_id, volume_context):
+    """A gluster volume this node has no record of, described by its context."""
+    return bool(volume_context) and volume_context.get("kind") == "gluster" \
+        and is_volume_id(volume_id) and tx.volume(volume_id) is None
+
+
 class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, driver):
         self.driver = driver
@@ -107,13 +124,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         controller is learnt from its volume context and kept, so that
         unstage, unpublish and a restart work without that context."""
         with self.driver.store.transaction() as tx:
-            if volume_context and volume_context.get("kind") == "gluster" \
-                    and is_volume_id(volume_id) and tx.volume(volume_id) is None:
+            if _learnable(tx, volume_id, volume_context):
                 tx.add_volume(gluster.record_from_context(volume_id, volume_context))
             return get_volume(tx, volume_id)
 
+    def _known(self, volume_id, volume_context=None):
+        """NOT_FOUND unless volume_id is recorded or learnable: checked before the
+        paths, so that an unknown volume is NOT_FOUND whatever the paths are."""
+        with self.driver.store.transaction() as tx:
+            if not _learnable(tx, volume_id, volume_context):
+                get_volume(tx, volume_id)
+
     @rpc("volume_id", "staging_target_path", "volume_capability")
     def NodeStageVolume(self, request, context):
+        self._known(request.volume_id, request.volume_context)
         staging = checks.path(request.staging_target_path, "staging_target_path")
         vol = self._volume(request.volume_id, request.volume_context)
         cap = checks.capability(request.volume_capability, vol.kind)
@@ -136,21 +160,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 ensure_staged(self.driver, vol, stage)
             except BaseException:
                 if not recorded:
-                    self._undo_stage(vol, stage)
+                    _rollback(self._undo_stage, vol, stage)
                 raise
         return csi_pb2.NodeStageVolumeResponse()
 
     def _undo_stage(self, vol, stage):
-        try:
-            BACKENDS[vol.kind].unstage(self.driver.volume_path(vol), stage.path)
-        finally:
-            with self.driver.store.transaction() as tx:
-                tx.delete_stage(vol.id)
+        """Unmount, then forget: a record outlives a failed unmount, so a retry
+        cannot answer OK while the staging path is still mounted."""
+        BACKENDS[vol.kind].unstage(self.driver.volume_path(vol), stage.path)
+        with self.driver.store.transaction() as tx:
+            tx.delete_stage(vol.id)
 
     @rpc("volume_id", "staging_target_path")
     def NodeUnstageVolume(self, request, context):
-        staging = checks.path(request.staging_target_path, "staging_target_path")
         vol = self._volume(request.volume_id)
+        staging = checks.path(request.staging_target_path, "staging_target_path")
         with self.driver.busy.hold(vol.id):
             with self.driver.store.transaction() as tx:
                 stage = tx.stage(vol.id)
@@ -171,6 +195,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @rpc("volume_id", "target_path", "volume_capability")
     def NodePublishVolume(self, request, context):
+        self._known(request.volume_id, request.volume_context)
         target = checks.path(request.target_path, "target_path")
         if not request.staging_target_path:
             raise FailedPrecondition("staging_target_path is required: the volume must be staged")
@@ -204,21 +229,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 ensure_published(self.driver, vol, stage, pub)
             except BaseException:
                 if not recorded:
-                    self._undo_publish(vol, pub)
+                    _rollback(self._undo_publish, vol, pub)
                 raise
         return csi_pb2.NodePublishVolumeResponse()
 
     def _undo_publish(self, vol, pub):
-        try:
-            remove_publication(self.driver, vol, pub)
-        finally:
-            with self.driver.store.transaction() as tx:
-                tx.delete_publication(pub.target)
+        """Unmount, then forget (as _undo_stage)."""
+        remove_publication(self.driver, vol, pub)
+        with self.driver.store.transaction() as tx:
+            tx.delete_publication(pub.target)
 
     @rpc("volume_id", "target_path")
     def NodeUnpublishVolume(self, request, context):
-        target = checks.path(request.target_path, "target_path")
         vol = self._volume(request.volume_id)
+        target = checks.path(request.target_path, "target_path")
         with self.driver.busy.hold(vol.id):
             with self.driver.store.transaction() as tx:
                 pub = tx.publication(target)
@@ -228,7 +252,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def _access_at(self, vol, path):
         """(access, stage, publications): access is 'mount' or 'block' when path is a
-        staging or target path of vol, else NOT_FOUND."""
+        staging or target path of vol, else NOT_FOUND. The path is only compared
+        with the records, never used before it matched one, so it needs no
+        other check: a relative or malformed path matches none."""
         with self.driver.store.transaction() as tx:
             stage = tx.stage(vol.id)
             pubs = tx.publications(vol.id)
@@ -244,7 +270,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @rpc("volume_id", "volume_path")
     def NodeGetVolumeStats(self, request, context):
-        path = checks.path(request.volume_path, "volume_path")
+        path = request.volume_path
         vol = self._volume(request.volume_id)
         access, stage, pubs = self._access_at(vol, path)
         problem = self.driver.problem(vol, stage, pubs)
@@ -271,9 +297,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @rpc("volume_id", "volume_path")
     def NodeExpandVolume(self, request, context):
-        path = checks.path(request.volume_path, "volume_path")
-        required, _ = checks.capacity(request.capacity_range)
         vol = self._volume(request.volume_id)
+        path = request.volume_path
+        required, _ = checks.capacity(request.capacity_range)
         with self.driver.busy.hold(vol.id):
             access, stage, _ = self._access_at(vol, path)
             if required > vol.size:

@@ -8,6 +8,7 @@ import pytest
 
 from .conftest import (
     EXT4_ONLINE_GROW,
+    KINDS,
     Code,
     MiB,
     Mode,
@@ -376,3 +377,68 @@ class TestStatsAndNodeExpand:
             target = csi.publish(vol.volume_id, staging, kind_cap("ext4"))
         after = os.statvfs(target).f_blocks * os.statvfs(target).f_frsize
         assert after >= before + 24 * MiB
+
+
+# ------------------------------------------- NOT_FOUND whatever the path (issue 12)
+class TestNotFoundWhateverThePath:
+    def test_unknown_volume_any_path(self, csi):
+        rng = pb.CapacityRange(required_bytes=64 * MiB)
+        cap = mount_cap()
+        for path in ["some/path", "/", "/x/../y", "rel\x00ative", str(csi.dir("real"))]:
+            calls = [
+                (csi.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(
+                    volume_id=UNKNOWN_VOL, volume_path=path)),
+                (csi.node.NodeExpandVolume, pb.NodeExpandVolumeRequest(
+                    volume_id=UNKNOWN_VOL, volume_path=path, capacity_range=rng)),
+                (csi.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(
+                    volume_id=UNKNOWN_VOL, target_path=path)),
+                (csi.node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(
+                    volume_id=UNKNOWN_VOL, staging_target_path=path)),
+                (csi.node.NodeStageVolume, csi.stage_request(UNKNOWN_VOL, path, cap)),
+                (csi.node.NodePublishVolume, csi.publish_request(UNKNOWN_VOL, path, path, cap)),
+            ]
+            for call, request in calls:
+                assert code_of(call, request) == Code.NOT_FOUND, (type(request).__name__, path)
+
+    @pytest.mark.parametrize("kind", ["bind", "ext4", "block"])
+    def test_known_volume_elsewhere(self, csi, kind):
+        vol, staging, target = csi.ready(kind)
+        rng = pb.CapacityRange(required_bytes=KINDS[kind]["size"])
+        for path in ["some/path", "some", f"{target}/", f"{target}/..", f"{staging}x",
+                     str(csi.dir("elsewhere"))]:
+            assert code_of(csi.node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(
+                volume_id=vol.volume_id, volume_path=path)) == Code.NOT_FOUND, path
+            assert code_of(csi.node.NodeExpandVolume, pb.NodeExpandVolumeRequest(
+                volume_id=vol.volume_id, volume_path=path, capacity_range=rng)) == Code.NOT_FOUND, path
+        # the real paths still answer
+        assert csi.stats(vol.volume_id, target).usage
+
+
+class TestUnmountBeforeForgetting:
+    """NodeUnstage and NodeUnpublish forget their record only after the
+    unmount succeeded: while it fails (a file held open), every retry fails
+    too, and the mount stays until one succeeds."""
+
+    def test_unstage_retried_while_busy(self, csi):
+        vol = csi.create("ext4")
+        cap = kind_cap("ext4")
+        staging = csi.stage(vol.volume_id, cap)
+        request = pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id,
+                                              staging_target_path=str(staging))
+        with open(staging / "held", "w"):
+            for _ in range(2):
+                assert code_of(csi.node.NodeUnstageVolume, request) != Code.OK
+                assert is_mountpoint(staging)
+        csi.unstage(vol.volume_id, staging)
+        assert not is_mountpoint(staging)
+
+    @pytest.mark.parametrize("kind", ["bind", "ext4"])
+    def test_unpublish_retried_while_busy(self, csi, kind):
+        vol, staging, target = csi.ready(kind)
+        request = pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=str(target))
+        with open(target / "held", "w"):
+            for _ in range(2):
+                assert code_of(csi.node.NodeUnpublishVolume, request) != Code.OK
+                assert is_mountpoint(target)
+        csi.unpublish(vol.volume_id, target)
+        assert not is_mountpoint(target)
