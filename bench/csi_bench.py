@@ -63,7 +63,7 @@ class Driver(DriverProcess):
         self.log = open(os.path.join(root, "driver.log"), "wb")
         super().__init__(os.path.join(root, "state"), os.path.join(root, "csi.sock"),
                          node_id="bench-node", args=["--log-level", "warning"], stderr=self.log,
-                         cwd=REPO, start_new_session=True)
+                         cwd=REPO, start_new_session=True, kubelet_dir=root)
         try:
             self.start(timeout=30)
         except (RuntimeError, TimeoutError) as e:

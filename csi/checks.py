@@ -5,7 +5,7 @@ import os
 import re
 
 from csi.errors import InvalidArgument
-from csi.mounts import FS_TYPES
+from csi.mounts import FS_TYPES, allowed_flag
 from csi.v1 import csi_pb2
 
 Mode = csi_pb2.VolumeCapability.AccessMode
@@ -77,6 +77,9 @@ def capability(cap, kind=None):
         if any(not f or "\x00" in f or "\n" in f for f in flags) \
                 or sum(len(f) for f in flags) > MAX_FLAGS_BYTES:
             raise InvalidArgument("invalid mount_flags")
+        refused = [f for f in flags if not allowed_flag(f)]
+        if refused:
+            raise InvalidArgument(f"mount flag(s) not allowed: {', '.join(refused)}")
         if cap.mount.volume_mount_group:
             raise InvalidArgument("volume_mount_group is not supported")
     if kind in ("bind", "gluster") and which == "block":

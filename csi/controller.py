@@ -17,7 +17,6 @@ from csi.v1 import csi_pb2, csi_pb2_grpc
 MiB = 1 << 20
 GiB = 1 << 30
 DEFAULT_LOOP_SIZE = GiB
-XFS_MIN_SIZE = 300 * MiB            # mkfs.xfs refuses smaller file systems
 IGNORED_PARAMETER_PREFIX = "csi.storage.k8s.io/"
 
 RPC = csi_pb2.ControllerServiceCapability.RPC
@@ -132,7 +131,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             size = limit
         size = max(size, source_size)
         if fs_type == "xfs":
-            size = max(size, XFS_MIN_SIZE)
+            size = max(size, mounts.XFS_MIN_SIZE)
         if (limit and size > limit) or (kind in ("loop", "gluster") and size <= 0):
             raise OutOfRange(f"cannot make a {kind} volume of {size} bytes within limit {limit}")
         return size

@@ -12,6 +12,7 @@ from csi.v1 import csi_pb2
 
 TOPOLOGY_KEY = "topology.podplumb.csi.io/node"
 DEFAULT_NAME = "podplumb.csi.io"
+DEFAULT_KUBELET_DIR = "/var/lib/kubelet"
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Config:
     capacity: int = 0         # 0: the state dir's free space
     max_volumes: int = 0      # 0: no limit
     glusterd_socket: str = ""  # "": the gluster CLI's default
+    kubelet_dir: str = DEFAULT_KUBELET_DIR   # staging and target paths must lie under it
 
 
 @dataclass

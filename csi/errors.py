@@ -10,7 +10,7 @@ import threading
 
 import grpc
 
-from csi import mounts, state
+from csi import mounts, state, targets
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ def rpc(*required):
                 context.abort(_STATE_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
             except mounts.TargetInUse as e:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+            except targets.UnsafeTarget as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             except (mounts.CommandError, OSError) as e:
                 log.error("%s: %s", method.__name__, e)
                 context.abort(grpc.StatusCode.INTERNAL, str(e))

@@ -19,8 +19,9 @@ class DriverProcess:
     """`python -m csi.server` on a socket, with stubs for its three services."""
 
     def __init__(self, state_dir, socket_path, node_id="node-1", args=(), stderr=None,
-                 cwd=None, start_new_session=False):
+                 cwd=None, start_new_session=False, kubelet_dir=None):
         self.state_dir = state_dir
+        self.kubelet_dir = kubelet_dir  # None: the driver's default
         self.socket_path = socket_path
         self.node_id = node_id
         self.args = list(args)
@@ -33,6 +34,8 @@ class DriverProcess:
     def start(self, timeout=20):
         argv = [sys.executable, "-m", "csi.server", "--endpoint", "unix://" + self.socket_path,
                 "--node-id", self.node_id, "--state-dir", self.state_dir, *self.args]
+        if self.kubelet_dir:
+            argv += ["--kubelet-dir", self.kubelet_dir]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=self.stderr, cwd=self.cwd,
                                         start_new_session=self.start_new_session)
@@ -86,7 +89,7 @@ def temporary_driver(prefix="podplumb-csi-", args=(), stderr=None):
     no mount, no loop device, no file - even when the body failed."""
     root = tempfile.mkdtemp(prefix=prefix)
     driver = DriverProcess(os.path.join(root, "state"), os.path.join(root, "csi.sock"),
-                           args=args, stderr=stderr)
+                           args=args, stderr=stderr, kubelet_dir=root)
     driver.root = root
     try:
         driver.start()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 FS_TYPES = ("ext4", "xfs")
+XFS_MIN_SIZE = 300 << 20            # mkfs.xfs refuses smaller file systems
 
 
 class CommandError(Exception):
@@ -100,6 +101,23 @@ VFS_FLAGS = frozenset({
 
 def vfs_flags(flags):
     return [f for f in flags if f in VFS_FLAGS]
+
+
+# File-system options a CO may ask for on top of VFS_FLAGS. Anything else
+# (loop, bind, remount, X-mount.*, offset=, helper=, errors=panic ...) could
+# stack devices, move mounts, or take the node down, and is refused.
+FS_OPTIONS = frozenset({
+    "defaults", "sync", "async", "dirsync", "lazytime", "nolazytime", "discard", "nodiscard",
+    "iversion", "noiversion", "mand", "nomand", "barrier", "nobarrier", "nouuid",
+    "data=ordered", "data=writeback", "data=journal", "errors=continue", "errors=remount-ro",
+    "noauto_da_alloc", "auto_da_alloc", "user_xattr", "nouser_xattr", "acl", "noacl",
+    "inode64", "inode32", "largeio", "nolargeio", "wsync", "grpid", "nogrpid",
+})
+_COMMIT = re.compile(r"commit=[0-9]{1,5}\Z")
+
+
+def allowed_flag(flag):
+    return flag in VFS_FLAGS or flag in FS_OPTIONS or bool(_COMMIT.match(flag))
 
 
 def bind_mount(source, target, readonly=False, options=()):

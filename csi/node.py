@@ -9,7 +9,7 @@ import json
 import logging
 import os
 
-from csi import checks, mounts
+from csi import checks, mounts, targets
 from csi.backends import BACKENDS, gluster
 from csi.driver import get_volume, volume_condition
 from csi.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
@@ -54,22 +54,23 @@ def ensure_published(driver, vol, stage, pub):
     if stage.access == "block":
         _ensure_block_published(BACKENDS[vol.kind], driver.volume_path(vol), pub, flags)
         return
-    os.makedirs(target, exist_ok=True)
     if mounts.is_mountpoint(target):
         if not mounts.same_file_system_root(target, stage.path):
             raise mounts.TargetInUse(f"{target} has another mount")
         return
+    targets.check_free(target, "mount")
+    targets.make(target, "mount")
     mounts.bind_mount(stage.path, target, readonly=pub.readonly, options=flags)
 
 
 def _ensure_block_published(backend, path, pub, flags):
     target = pub.target
-    if not os.path.lexists(target):
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     if mounts.is_mountpoint(target):
         if mounts.block_device_of(target) not in mounts.loops_backed_by(path):
             raise mounts.TargetInUse(f"{target} has another mount")
         return
+    targets.check_free(target, "block")
+    targets.make(target, "block")
     device = backend.readonly_device(path) if pub.readonly else backend.device(path)
     try:
         mounts.bind_mount(device, target, readonly=pub.readonly, options=flags)
@@ -87,13 +88,7 @@ def remove_publication(driver, vol, pub):
     if pub.readonly and mounts.is_mountpoint(target):
         device = mounts.block_device_of(target)
     mounts.umount(target)
-    try:
-        if os.path.isdir(target) and not os.path.islink(target):
-            os.rmdir(target)
-        else:
-            os.unlink(target)
-    except FileNotFoundError:
-        pass
+    targets.remove(target)
     if device and vol.kind == "loop":
         BACKENDS["loop"].release_readonly(driver.volume_path(vol), device)
 
@@ -107,6 +102,14 @@ def _rollback(undo, *args):
         undo(*args)
     except Exception as e:
         log.error("rollback %s failed: %s", undo.__name__, e)
+
+
+def _check_new_target(target, access):
+    """Before a publication is recorded (a refused one is never rolled back, so
+    nothing at the target is unmounted or removed)."""
+    if mounts.is_mountpoint(target):
+        raise mounts.TargetInUse(f"{target} has another mount")
+    targets.check_free(target, access)
 
 
 def _learnable(tx, volume_id, volume_context):
@@ -128,6 +131,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 tx.add_volume(gluster.record_from_context(volume_id, volume_context))
             return get_volume(tx, volume_id)
 
+    def _path(self, value, what):
+        """A staging or target path for a new stage or publication."""
+        config = self.driver.config
+        return targets.check_location(checks.path(value, what), what, config.kubelet_dir,
+                                      config.state_dir)
+
     def _known(self, volume_id, volume_context=None):
         """NOT_FOUND unless volume_id is recorded or learnable: checked before the
         paths, so that an unknown volume is NOT_FOUND whatever the paths are."""
@@ -138,13 +147,17 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc("volume_id", "staging_target_path", "volume_capability")
     def NodeStageVolume(self, request, context):
         self._known(request.volume_id, request.volume_context)
-        staging = checks.path(request.staging_target_path, "staging_target_path")
+        staging = self._path(request.staging_target_path, "staging_target_path")
         vol = self._volume(request.volume_id, request.volume_context)
         cap = checks.capability(request.volume_capability, vol.kind)
         access = checks.access_of(cap)
         wanted_fs = cap.mount.fs_type if access == "mount" else ""
         if vol.kind == "loop" and wanted_fs and vol.fs_type and wanted_fs != vol.fs_type:
             raise InvalidArgument(f"volume has {vol.fs_type}, not {wanted_fs}")
+        if vol.kind == "loop" and not vol.fs_type and wanted_fs == "xfs" \
+                and vol.size < mounts.XFS_MIN_SIZE:
+            raise FailedPrecondition(f"volume of {vol.size} bytes is too small for xfs "
+                                     f"({mounts.XFS_MIN_SIZE} at least); expand it first")
         if access == "mount" and os.path.lexists(staging) and not os.path.isdir(staging):
             raise InvalidArgument(f"staging path {staging} is not a directory")
         stage = Stage(vol.id, staging, access, checks.fingerprint(cap))
@@ -196,10 +209,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc("volume_id", "target_path", "volume_capability")
     def NodePublishVolume(self, request, context):
         self._known(request.volume_id, request.volume_context)
-        target = checks.path(request.target_path, "target_path")
+        target = self._path(request.target_path, "target_path")
         if not request.staging_target_path:
             raise FailedPrecondition("staging_target_path is required: the volume must be staged")
-        staging = checks.path(request.staging_target_path, "staging_target_path")
+        staging = self._path(request.staging_target_path, "staging_target_path")
         vol = self._volume(request.volume_id, request.volume_context)
         cap = checks.capability(request.volume_capability, vol.kind)
         mode = cap.access_mode.mode
@@ -217,6 +230,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 if recorded and recorded != pub:
                     raise AlreadyExists(f"{target} is published with another volume or options")
                 if not recorded:
+                    _check_new_target(target, stage.access)
                     others = tx.publications(vol.id)
                     single = Mode.SINGLE_NODE_SINGLE_WRITER
                     if others and (mode == single or any(

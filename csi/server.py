@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from csi.controller import ControllerService
-from csi.driver import DEFAULT_NAME, Config, Driver
+from csi.driver import DEFAULT_KUBELET_DIR, DEFAULT_NAME, Config, Driver
 from csi.identity import IdentityService
 from csi.node import NodeService
 from csi.reconcile import reconcile
@@ -64,6 +64,9 @@ def parse_args(argv):
     p.add_argument("--glusterd-socket", default="",
                    help="glusterd's management socket, for the quotas of gluster volumes "
                         "(default: the gluster CLI's own, /var/run/glusterd.socket)")
+    p.add_argument("--kubelet-dir", default=DEFAULT_KUBELET_DIR,
+                   help="staging and target paths must lie under this directory "
+                        f"(default: {DEFAULT_KUBELET_DIR})")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
@@ -75,6 +78,8 @@ def parse_args(argv):
         p.error(str(e))
     if args.max_volumes < 0:
         p.error("--max-volumes must not be negative")
+    if not os.path.isabs(args.kubelet_dir) or os.path.realpath(args.kubelet_dir) == "/":
+        p.error("--kubelet-dir must be an absolute path other than /")
     return args
 
 
@@ -111,25 +116,48 @@ class LoggingInterceptor(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer)
 
 
+class EndpointTaken(Exception):
+    """Another live process answers on the endpoint."""
+
+
+def _answers(path):
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+        return True
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except socket.timeout:      # a full backlog: someone is there
+        return True
+    finally:
+        probe.close()
+
+
 def _prepare_socket(path):
+    """Make way for our socket: a stale one (nobody listening) is replaced,
+    a live one is another driver's and stays."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise RuntimeError(f"{path} exists and is not a socket")
+            raise EndpointTaken(f"{path} exists and is not a socket")
+        if _answers(path):
+            raise EndpointTaken(f"another process answers on {path}; not replacing its socket")
         os.unlink(path)
 
 
 def serve(args):
+    _prepare_socket(args.socket)      # first: a live driver's state and mounts are its own
     driver = Driver(Config(node_id=args.node_id, state_dir=args.state_dir, name=args.name,
                            capacity=args.capacity, max_volumes=args.max_volumes,
-                           glusterd_socket=args.glusterd_socket))
+                           glusterd_socket=args.glusterd_socket,
+                           kubelet_dir=args.kubelet_dir))
     reconcile(driver)
     server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS),
                          interceptors=[LoggingInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(driver), server)
     csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(driver), server)
     csi_pb2_grpc.add_NodeServicer_to_server(NodeService(driver), server)
-    _prepare_socket(args.socket)
     old_umask = os.umask(0o177)          # the socket is born 0600
     try:
         server.add_insecure_port("unix://" + args.socket)
@@ -161,6 +189,9 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return serve(args)
+    except EndpointTaken as e:
+        log.error("not starting: %s", e)
+        return 1
     except Exception:
         log.exception("the CSI driver failed")
         return 1

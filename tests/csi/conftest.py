@@ -224,7 +224,8 @@ class Driver:
         cmd = [sys.executable, "-m", "csi.server",
                "--endpoint", f"unix://{self.socket}",
                "--node-id", self.node_id,
-               "--state-dir", str(self.state_dir), *self.extra_args]
+               "--state-dir", str(self.state_dir), "--kubelet-dir", str(self.root),
+               *self.extra_args]
         if self.capacity is not None:
             cmd += ["--capacity", str(self.capacity)]
         log = open(self.log_path, "ab")
