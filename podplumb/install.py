@@ -12,6 +12,7 @@ PLUGINS = {
     "host-local": "plugins.host_local.plugin:PLUGIN",
     "portmap": "plugins.portmap.plugin:PLUGIN",
     "vxlan": "plugins.vxlan.plugin:PLUGIN",
+    "loopback": "plugins.loopback.plugin:PLUGIN",
     "tuning": "plugins.tuning.plugin:PLUGIN",
     "sbr": "plugins.sbr.plugin:PLUGIN",
 }
