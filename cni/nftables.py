@@ -1,10 +1,12 @@
-"""nftables mechanism shared by the plugins: our own tables, atomic scripts, rules found by tag.
+"""nftables mechanism shared by the plugins: our own tables, atomic scripts, per-attachment chains.
 
-Every operation is one `nft -f -` transaction; state is read with one `nft -j list table`.
-Each rule made for a container carries a comment that starts with a tag
-`pp:<8-hex network hash>:<16-hex attachment hash>`, derived from (network, container ID, ifname),
-so DEL and GC find a container's rules without stored state. No plugin policy lives here, except
-the masquerade helpers at the end, which the main plugins (bridge) share for `ipMasq`.
+Every change is one `nft -f -` transaction. Each rule made for a container carries a comment that
+starts with a tag `pp:<8-hex network hash>:<16-hex attachment hash>`, derived from (network,
+container ID, ifname). An attachment's rules live in a chain of its own whose name is derived from
+the same hashes (see `Attachments`), reached through verdict maps from fixed chains: ADD, DEL and
+CHECK read only that one chain, so their cost does not grow with the number of pods on the node.
+GC lists the whole table once. No plugin policy lives here, except the masquerade helpers at the
+end, which the main plugins (bridge, vxlan through bridge) share for `ipMasq`.
 
 Standard library only: every plugin call is a new process.
 """
@@ -28,6 +30,7 @@ EXEC_TIMEOUT = 30
 
 _TAG = re.compile(r"^pp:([0-9a-f]{8}):([0-9a-f]{16})$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@\-]")
+_VERDICT = re.compile(r": (?:jump|goto) ([A-Za-z0-9_.\-]+)")
 
 
 # ---- tags ---------------------------------------------------------------------------------------
@@ -235,6 +238,21 @@ class Table:
                 rules.append(Rule(r["chain"], r["handle"], r.get("comment", ""), tuple(r.get("expr", ()))))
         return Listing(True, frozenset(chains), tuple(rules))
 
+    def exists(self) -> bool:
+        """Whether the table exists (`nft list tables`: names only, nothing of their contents)."""
+        proc = _nft(["list", "tables", self.family])
+        return proc.returncode == 0 and f"table {self.family} {self.name}\n" in proc.stdout + "\n"
+
+    def list_chain(self, chain: str) -> "list[Rule] | None":
+        """The rules of one chain (one `nft list chain`), None when the chain or table is absent."""
+        proc = _nft(["-j", "list", "chain", self.family, self.name, chain])
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return None
+            raise NftError(f"cannot list nftables chain {self.family} {self.name} {chain}", proc.stderr)
+        return [Rule(r["chain"], r["handle"], r.get("comment", ""), tuple(r.get("expr", ())))
+                for item in json.loads(proc.stdout).get("nftables", []) if (r := item.get("rule"))]
+
     def apply(self, script: Script, check_only: bool = False):
         """Run the script as one atomic transaction (or only check it, with `check_only`)."""
         if not script:
@@ -311,53 +329,293 @@ def _nft(args, stdin: str | None = None) -> subprocess.CompletedProcess:
         raise NftError("nft did not answer in time", f"{' '.join(args)}: over {EXEC_TIMEOUT}s") from None
 
 
+# ---- per-attachment chains behind verdict maps ---------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class VerdictMap:
+    """A verdict map and the lookup rule, in a fixed chain, that sends packets through it."""
+    name: str
+    key_type: str      # nft key type: "ipv4_addr", "ifname", "inet_proto . inet_service", ...
+    chain: str         # the fixed chain holding the lookup
+    selector: str      # what is looked up: "ip saddr", "iifname", ...
+
+    def lookup_rule(self) -> str:
+        return f"{self.selector} vmap @{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Attached:
+    """An attachment's chain as listed: its rules, and the map elements that jump to it."""
+    chain: str
+    rules: tuple                       # Rule, the element record excluded
+    elements: tuple                    # (map name, key text)
+
+
+_ELEMENTS_WORD = "@"          # first comment word of the record rule; then "<map>/<key part>/<key part>"
+
+
+class Attachments:
+    """Per-attachment chains in one of our tables, reached through verdict maps.
+
+    Layout: fixed chains (base chains on hooks, and plain chains) holding fixed rules, among them
+    one lookup rule per `VerdictMap` (`ip saddr vmap @masq4`); for each attachment a chain named
+    `<prefix>-<network hash>-<attachment hash>` holding its rules, and elements in the maps whose
+    verdict jumps to that chain (`10.1.0.5 : jump pp-1a2b3c4d-...`). The chain's last rule is a
+    `return` whose comment records those elements (`<tag> @ saddr4/10.1.0.5`), so DEL reads the
+    attachment's one chain and knows what to delete, without stored state and without listing the
+    table. Each operation is one transaction: `add_base` (idempotent), the attachment's old chain
+    and elements deleted, the new ones added. A map key already held by another attachment makes
+    the transaction fail (nft: "File exists"); the caller decides (`holder` names the owner).
+
+    GC lists the table once and removes the chains (and their elements) of attachments that are
+    not valid; a GC that leaves no attachment chain drops the table. DEL never drops the table:
+    knowing that no other attachment is left would cost a listing.
+
+    A plugin that needs rules per attachment (bridge ipMasq and macspoofchk, portmap, firewall)
+    describes its fixed chains, fixed rules and maps here and passes rule texts and map keys.
+    """
+
+    def __init__(self, table: "Table", chains: dict, maps: tuple = (), fixed: dict | None = None,
+                 prefix: str = "pp"):
+        self.table = table
+        self.chains = chains              # name -> BaseChain, or None for a plain chain
+        self.maps = {m.name: m for m in maps}
+        self.fixed = fixed or {}          # chain name -> fixed rules before the map lookups
+        self.prefix = prefix
+
+    def chain_name(self, network: str, container_id: str, ifname: str) -> str:
+        return f"{self.prefix}-{network_hash(network)}-{attachment_hash(network, container_id, ifname)}"
+
+    def _parse_chain_name(self, name: str) -> tuple[str, str] | None:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == self.prefix and len(parts[1]) == 8 and len(parts[2]) == 16:
+            return parts[1], parts[2]
+        return None
+
+    def add_base(self, script: Script) -> Script:
+        """The table, fixed chains and maps (idempotent); the fixed chains' rules rewritten."""
+        script.add_table()
+        for m in self.maps.values():
+            script.lines.append(f"add map {script.family} {script.table} {m.name} "
+                                f"{{ type {m.key_type} : verdict; }}")
+        for name, base in self.chains.items():
+            script.add_chain(name, base)
+        for name in self.chains:
+            rules = list(self.fixed.get(name, ())) + [m.lookup_rule() for m in self.maps.values() if m.chain == name]
+            if rules:
+                script.flush_chain(name)
+                for rule in rules:
+                    script.add_rule(name, rule)
+        return script
+
+    def read(self, chain: str) -> Attached | None:
+        """The attachment's chain as listed (one `nft list chain`), None when it does not exist."""
+        found = self.table.list_chain(chain)
+        if found is None:
+            return None
+        rules, elements = [], []
+        for rule in found:
+            words = rule.words
+            if words and words[0] == _ELEMENTS_WORD:
+                elements += _recorded_elements(words[1:])
+            else:
+                rules.append(rule)
+        return Attached(chain, tuple(rules), tuple(elements))
+
+    def add(self, script: Script, chain: str, rule_tag: str, rules, elements=()):
+        """Add the attachment's chain with `rules` ((text, comment) pairs) and map `elements`
+        ((map name, key text) pairs) jumping to it."""
+        record = comment(rule_tag, _ELEMENTS_WORD, *("/".join([m, *key.split(" . ")]) for m, key in elements))
+        if len(record) == COMMENT_LIMIT:
+            raise ValueError(f"too many map elements to record for {chain}: {elements}")
+        script.add_chain(chain)
+        for text, rule_comment in rules:
+            script.add_rule(chain, text, rule_comment)
+        script.add_rule(chain, "return", record)
+        for map_name, key in elements:
+            script.lines.append(f"add element {script.family} {script.table} {map_name} "
+                                f"{{ {key} : jump {chain} }}")
+
+    def delete(self, script: Script, attached: Attached) -> Script:
+        """Remove the attachment's elements and chain (as read) in `script`."""
+        for map_name, key in attached.elements:
+            script.lines.append(f"delete element {script.family} {script.table} {map_name} {{ {key} }}")
+        script.flush_chain(attached.chain)
+        script.lines.append(f"delete chain {script.family} {script.table} {attached.chain}")
+        return script
+
+    def replace(self, network: str, container_id: str, ifname: str, rules, elements=()):
+        """Make the attachment's chain hold exactly `rules` and `elements`: one transaction."""
+        chain = self.chain_name(network, container_id, ifname)
+        with self.table.lock():
+            old = self.read(chain)
+
+            def script(old):
+                script = self.add_base(self.table.script())
+                if old:
+                    self.delete(script, old)
+                self.add(script, chain, tag(network, container_id, ifname), rules, elements)
+                return script
+            self._apply_tolerating_lost_elements(script, old)
+
+    def remove(self, network: str, container_id: str, ifname: str) -> Attached | None:
+        """Delete the attachment's chain and elements; fine when they are gone. Returns what was read."""
+        chain = self.chain_name(network, container_id, ifname)
+        with self.table.lock():
+            old = self.read(chain)
+            if old:
+                self._apply_tolerating_lost_elements(lambda old: self.delete(self.table.script(), old), old)
+            return old
+
+    def _apply_tolerating_lost_elements(self, make_script, old: Attached | None):
+        """Apply `make_script(old)`; when one of the recorded elements is gone (deleted by hand, or
+        its key taken over), apply it again with only the elements that still jump to `old`'s chain."""
+        try:
+            self.table.apply(make_script(old))
+        except NftError as e:
+            if not old or not old.elements or "No such file or directory" not in e.stderr:
+                raise
+            still = tuple(e for e in old.elements if self.holder(*e) == old.chain)
+            self.table.apply(make_script(dataclasses.replace(old, elements=still)))
+
+    def holder(self, map_name: str, key: str) -> str | None:
+        """The chain an element of `map_name` jumps to, None when there is no such element."""
+        proc = _nft(["get", "element", self.table.family, self.table.name, map_name, f"{{ {key} }}"])
+        found = _VERDICT.search(proc.stdout) if proc.returncode == 0 else None   # nft 1.0 prints no JSON here
+        return found.group(1) if found else None
+
+    def gc(self, network: str, valid: set) -> list[Attached]:
+        """Remove `network`'s attachment chains whose (container ID, ifname) is not in `valid`; drop
+        the table when no attachment chain is left. Returns what was removed."""
+        net_hash = network_hash(network)
+        keep = {attachment_hash(network, cid, ifname) for cid, ifname in valid}
+        with self.table.lock():
+            listing = self.table.list()
+            if not listing.exists:
+                return []
+            ours = {c: self._parse_chain_name(c) for c in listing.chains}
+            ours = {c: hashes for c, hashes in ours.items() if hashes}
+            stale = [c for c, (n, a) in ours.items() if n == net_hash and a not in keep]
+            removed = [self._attached(listing, c) for c in sorted(stale)]
+            script = self.table.script()
+            if len(stale) == len(ours):
+                script.delete_table()
+            else:
+                for attached in removed:
+                    self.delete(script, attached)
+            self.table.apply(script)
+            return removed
+
+    def _attached(self, listing: "Listing", chain: str) -> Attached:
+        rules, elements = [], []
+        for rule in listing.in_chain(chain):
+            if rule.words and rule.words[0] == _ELEMENTS_WORD:
+                elements += _recorded_elements(rule.words[1:])
+            else:
+                rules.append(rule)
+        return Attached(chain, tuple(rules), tuple(elements))
+
+
+def _recorded_elements(words) -> list[tuple[str, str]]:
+    """(map name, key text) from the record rule's words ("ports4/tcp/8080" -> ("ports4", "tcp . 8080"))."""
+    out = []
+    for word in words:
+        map_name, *parts = word.split("/")
+        if parts:
+            out.append((map_name, " . ".join(parts)))
+    return out
+
+
+# ---- tables of the former layout ------------------------------------------------------------------
+
+def remove_legacy(table: Table, network: str, container_id: str, ifname: str):
+    """Rules an earlier podplumb made in a table of the former layout (tagged rules in shared
+    chains) go on DEL too, so that an upgraded node is left with nothing; the table goes with its
+    last tagged rule. It is listed only when it exists."""
+    if table.exists():
+        table.delete_tagged(tag(network, container_id, ifname))
+
+
+def gc_legacy(table: Table, network: str, valid: set):
+    if table.exists():
+        table.delete_network_except(network, valid)
+
+
 # ---- IP masquerade (the main plugins' ipMasq) -----------------------------------------------------
 
-MASQ_TABLE = Table("podplumb-masq")
-MASQ_CHAIN = "postrouting"
 _MASQ_BASE = BaseChain("nat", "postrouting", 100)
+MASQ = Attachments(Table("podplumb-ipmasq"), {"postrouting": _MASQ_BASE},
+                   (VerdictMap("saddr4", "ipv4_addr", "postrouting", "ip saddr"),
+                    VerdictMap("saddr6", "ipv6_addr", "postrouting", "ip6 saddr")))
+LEGACY_MASQ_TABLE = Table("podplumb-masq")      # rules of podplumb before per-attachment chains
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 
 
-def _masq_rules(addresses) -> list[tuple[str, frozenset]]:
-    """(nft rule text, facts it lists as) for each container address."""
+def _masq_rules(addresses) -> list[tuple[str, frozenset, tuple]]:
+    """(nft rule text, facts it lists as, map element) for each container address."""
     out = []
     for address in addresses:
         iface = ipaddress.ip_interface(address)
         proto = "ip" if iface.version == 4 else "ip6"
-        nfproto = "ipv4" if iface.version == 4 else "ipv6"
         subnet, multicast = str(iface.network), _MULTICAST[iface.version]
-        text = (f"meta nfproto {nfproto} {proto} saddr {iface.ip} {proto} daddr != {subnet} "
-                f"{proto} daddr != {multicast} masquerade")
+        text = f"{proto} saddr {iface.ip} {proto} daddr != {subnet} {proto} daddr != {multicast} masquerade"
         facts = frozenset({match(f"{proto} saddr", "==", str(iface.ip)),
                            match(f"{proto} daddr", "!=", subnet),
                            match(f"{proto} daddr", "!=", multicast),
                            statement("masquerade")})
-        out.append((text, facts))
+        out.append((text, facts, (f"saddr{iface.version}", str(iface.ip))))
     return out
 
 
 def ensure_masquerade(network: str, container_id: str, ifname: str, addresses: list[str]) -> None:
     """Masquerade traffic from each address to anything outside its subnet (and not multicast).
-    Re-running replaces this container's rules in the same transaction."""
-    rule_tag = tag(network, container_id, ifname)
-    note = comment(rule_tag, f"{container_id}/{ifname}")
-    MASQ_TABLE.replace_tagged(rule_tag, MASQ_CHAIN, _MASQ_BASE, [(text, note) for text, _ in _masq_rules(addresses)])
+    Re-running replaces this container's rules in the same transaction. An address still held by
+    another attachment's stale rules (a container whose DEL never came) is taken over: the address
+    is this container's now."""
+    note = comment(tag(network, container_id, ifname), f"{container_id}/{ifname}")
+    rules = _masq_rules(addresses)
+    wanted = [(text, note) for text, _, _ in rules]
+    elements = [element for _, _, element in rules]
+    try:
+        MASQ.replace(network, container_id, ifname, wanted, elements)
+    except NftError as e:
+        if "File exists" not in e.stderr:
+            raise
+        _release_addresses(elements, MASQ.chain_name(network, container_id, ifname))
+        MASQ.replace(network, container_id, ifname, wanted, elements)
+
+
+def _release_addresses(elements, own_chain: str):
+    with MASQ.table.lock():
+        script = MASQ.table.script()
+        for map_name, key in elements:
+            holder = MASQ.holder(map_name, key)
+            if holder and holder != own_chain:
+                stale = MASQ.read(holder)
+                if stale:
+                    MASQ.delete(script, stale)
+        MASQ.table.apply(script)
 
 
 def remove_masquerade(network: str, container_id: str, ifname: str) -> None:
-    MASQ_TABLE.delete_tagged(tag(network, container_id, ifname))
+    MASQ.remove(network, container_id, ifname)
+    remove_legacy(LEGACY_MASQ_TABLE, network, container_id, ifname)
 
 
 def masquerade_present(network: str, container_id: str, ifname: str, addresses: list[str]) -> bool:
-    """True when this container's masquerade rules are exactly those `ensure_masquerade` makes."""
-    listing = MASQ_TABLE.list()
-    actual = sorted((r.facts for r in listing.tagged(tag(network, container_id, ifname), {MASQ_CHAIN})),
-                    key=sorted)
-    wanted = sorted((facts for _, facts in _masq_rules(addresses)), key=sorted)
-    return actual == wanted
+    """True when this container's masquerade rules are exactly those `ensure_masquerade` makes and
+    its addresses lead to them."""
+    chain = MASQ.chain_name(network, container_id, ifname)
+    attached = MASQ.read(chain)
+    if attached is None:
+        return False
+    rules = _masq_rules(addresses)
+    actual = sorted((r.facts for r in attached.rules), key=sorted)
+    wanted = sorted((facts for _, facts, _ in rules), key=sorted)
+    return actual == wanted and all(MASQ.holder(m, key) == chain for _, _, (m, key) in rules)
 
 
 def gc_masquerade(network: str, valid: set[tuple[str, str]]) -> None:
     """Remove this network's masquerade rules whose (container ID, ifname) is not in `valid`."""
-    MASQ_TABLE.delete_network_except(network, valid)
+    MASQ.gc(network, valid)
+    gc_legacy(LEGACY_MASQ_TABLE, network, valid)

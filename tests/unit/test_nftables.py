@@ -109,7 +109,7 @@ def _in_netns(ns: str, code: str):
 
 
 def _masq_lines(ns: str) -> list[str]:
-    proc = kernel.sh("nft", "list", "chain", "inet", "podplumb-masq", "postrouting", ns=ns, check=False)
+    proc = kernel.sh("nft", "list", "table", "inet", "podplumb-ipmasq", ns=ns, check=False)
     return [line.strip() for line in proc.stdout.splitlines() if "masquerade" in line]
 
 
@@ -169,7 +169,9 @@ def test_masquerade_leaves_other_tables_alone(scratch_ns):
         nft.remove_masquerade("net1", "c1", "eth0")
     """)
     ruleset = kernel.sh("nft", "list", "ruleset", ns=scratch_ns).stdout
-    assert "table ip firewall" in ruleset and "podplumb" not in ruleset
+    assert "table ip firewall" in ruleset and "jump pp-" not in ruleset and "chain pp-" not in ruleset
+    ours = kernel.sh("nft", "list", "table", "inet", "podplumb-ipmasq", ns=scratch_ns).stdout
+    assert "table ip firewall" not in ours and "firewall" in kernel.sh("nft", "list", "tables", ns=scratch_ns).stdout
 
 
 def test_importing_is_cheap():
@@ -206,3 +208,93 @@ def test_delete_rules_drops_the_table_with_its_last_tagged_rule(scratch_ns):
         print(json.dumps(steps))
     """)
     assert out == [2, False, 1, True, False, True, False]
+
+
+# ---- per-attachment chains -------------------------------------------------------------------------
+
+def _ruleset(ns: str) -> str:
+    return kernel.sh("nft", "list", "ruleset", ns=ns).stdout
+
+
+def test_delete_of_one_attachment_leaves_the_others_and_reads_only_its_chain(scratch_ns):
+    ns = scratch_ns
+    _in_netns(ns, """
+        for i in range(30):
+            nft.ensure_masquerade("net1", f"c{i}", "eth0", [f"10.1.0.{i + 2}/24"])
+        nft.remove_masquerade("net1", "c7", "eth0")
+    """)
+    ruleset = _ruleset(ns)
+    assert ruleset.count("masquerade comment") == 29 and "10.1.0.9 " not in ruleset
+    chain = _in_netns(ns, 'print(json.dumps(nft.MASQ.chain_name("net1", "c8", "eth0")))')
+    assert f"10.1.0.10 : jump {chain}" in ruleset.replace("\n", " ").replace("\t", "")
+
+
+def test_masquerade_address_of_a_stale_attachment_is_taken_over(scratch_ns):
+    out = _in_netns(scratch_ns, """
+        nft.ensure_masquerade("net1", "old", "eth0", ["10.1.0.5/24"])     # its DEL never came
+        nft.ensure_masquerade("net1", "new", "eth0", ["10.1.0.5/24"])
+        print(json.dumps([nft.masquerade_present("net1", "new", "eth0", ["10.1.0.5/24"]),
+                          nft.masquerade_present("net1", "old", "eth0", ["10.1.0.5/24"])]))
+    """)
+    assert out == [True, False]
+
+
+def test_masquerade_is_absent_once_its_map_element_is_gone(scratch_ns):
+    _in_netns(scratch_ns, 'nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.5/24"])')
+    kernel.sh("nft", "flush", "map", "inet", "podplumb-ipmasq", "saddr4", ns=scratch_ns)
+    assert _in_netns(scratch_ns, """
+        print(json.dumps(nft.masquerade_present("net1", "c1", "eth0", ["10.1.0.5/24"])))
+    """) is False
+    _in_netns(scratch_ns, 'nft.remove_masquerade("net1", "c1", "eth0")')    # the element is gone already
+    assert "chain pp-" not in _ruleset(scratch_ns)
+
+
+def test_gc_removes_a_stale_chain_and_drops_the_table_with_the_last(scratch_ns):
+    ns = scratch_ns
+    _in_netns(ns, """
+        nft.ensure_masquerade("net1", "keep", "eth0", ["10.1.0.5/24"])
+        nft.ensure_masquerade("net1", "gone", "eth0", ["10.1.0.6/24"])
+        nft.ensure_masquerade("net2", "other", "eth0", ["10.2.0.6/24"])
+        nft.gc_masquerade("net1", {("keep", "eth0")})
+    """)
+    ruleset = _ruleset(ns)
+    assert "10.1.0.5" in ruleset and "10.2.0.6" in ruleset and "10.1.0.6" not in ruleset
+    _in_netns(ns, 'nft.gc_masquerade("net1", set()); nft.gc_masquerade("net2", set())')
+    assert _ruleset(ns).strip() == ""
+
+
+def test_rules_of_the_former_layout_go_on_delete_and_gc(scratch_ns):
+    """A node upgraded from tagged rules in shared chains (table podplumb-masq) is left with nothing."""
+    ns = scratch_ns
+    _in_netns(ns, """
+        old = nft.LEGACY_MASQ_TABLE
+        base = nft.BaseChain("nat", "postrouting", 100)
+        for cid, ip in (("a", "10.1.0.5"), ("b", "10.1.0.6")):
+            t = nft.tag("net1", cid, "eth0")
+            old.replace_tagged(t, "postrouting", base, [(f"ip saddr {ip} masquerade", nft.comment(t, cid))])
+        nft.remove_masquerade("net1", "a", "eth0")
+    """)
+    ruleset = _ruleset(ns)
+    assert "10.1.0.5" not in ruleset and "10.1.0.6" in ruleset
+    _in_netns(ns, 'nft.gc_masquerade("net1", set())')
+    assert _ruleset(ns).strip() == ""
+
+
+def test_attachments_with_concatenated_keys(scratch_ns):
+    """The mechanism as another plugin would use it: a map keyed by protocol . port."""
+    out = _in_netns(scratch_ns, """
+        ports = nft.Attachments(nft.Table("pp-test-ports"), {"input": nft.BaseChain("filter", "input", 0)},
+                                (nft.VerdictMap("ports", "inet_proto . inet_service", "input",
+                                                "meta l4proto . th dport"),))
+        ports.replace("n", "c1", "eth0", [("counter", None)], [("ports", "tcp . 8080"), ("ports", "udp . 53")])
+        chain = ports.chain_name("n", "c1", "eth0")
+        read = ports.read(chain)
+        steps = [sorted(read.elements), ports.holder("ports", "tcp . 8080") == chain]
+        ports.replace("n", "c1", "eth0", [("counter", None)], [("ports", "tcp . 8081")])   # re-ADD
+        steps.append(ports.holder("ports", "tcp . 8080"))
+        ports.remove("n", "c1", "eth0")
+        ports.remove("n", "c1", "eth0")
+        steps.append(ports.read(chain))
+        print(json.dumps(steps))
+    """)
+    assert out == [[["ports", "tcp . 8080"], ["ports", "udp . 53"]], True, None, None]
