@@ -8,6 +8,7 @@ from cni.errors import config_error
 # `$` would admit a final newline.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 PLAIN_NAME_RULE = "must start with a letter or digit, then letters, digits, '_', '.' or '-'"
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 def ifname_problem(name: str) -> str | None:
@@ -26,6 +27,22 @@ def ifname(raw: dict, key: str, default: str) -> str:
     problem = ifname_problem(value) if isinstance(value, str) else "must be a string"
     if problem:
         raise config_error(f"invalid {key} name {value!r}", problem)
+    return value
+
+
+def unicast_mac(mac) -> str:
+    """`mac` as a lower-case unicast Ethernet address; a config error otherwise."""
+    if not isinstance(mac, str) or not _MAC.fullmatch(mac):
+        raise config_error(f"invalid MAC address {mac!r}", "expected six hex pairs like 0a:58:0a:01:00:05")
+    if int(mac[:2], 16) & 1:
+        raise config_error(f"MAC address {mac} is a multicast address")
+    return mac.lower()
+
+
+def boolean(raw: dict, key: str, default: bool = False) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise config_error(f"'{key}' must be true or false", f"got {value!r}")
     return value
 
 

@@ -158,6 +158,33 @@ class Namespace:
             raise kernel_error(f"cannot delete link {name}", e) from None
         return True
 
+    def add_macvlan(self, name: str, master: int, mode: str, netns: str | None = None, mtu: int = 0,
+                    mac: str | None = None) -> bool:
+        """A macvlan link on `master` (an ifindex here), born inside `netns` when given, down;
+        False when the name is taken there."""
+        kwargs = {"net_ns_fd": netns} if netns else {}
+        if mtu:
+            kwargs["mtu"] = mtu
+        if mac:
+            kwargs["address"] = mac
+        try:
+            self.ipr.link("add", ifname=name, kind="macvlan", link=master, macvlan_mode=mode, **kwargs)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise kernel_error(f"cannot create macvlan link on link {master}", e) from None
+        return True
+
+    def macvlan_mode(self, index: int) -> str | None:
+        """The mode of a macvlan link (bridge, private, vepa, passthru, source); None for other links."""
+        try:
+            info = self.ipr.link("get", index=index)[0].get_attr("IFLA_LINKINFO")
+        except NetlinkError as e:
+            raise kernel_error(f"cannot read link {index}", e) from None
+        if not info or info.get_attr("IFLA_INFO_KIND") != "macvlan":
+            return None
+        return info.get_attr("IFLA_INFO_DATA").get_attr("IFLA_MACVLAN_MODE")
+
     # addresses
     def addresses(self, index: int) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         return [ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")

@@ -15,6 +15,7 @@ PLUGINS = {
     "loopback": "plugins.loopback.plugin:PLUGIN",
     "tuning": "plugins.tuning.plugin:PLUGIN",
     "sbr": "plugins.sbr.plugin:PLUGIN",
+    "macvlan": "plugins.macvlan.plugin:PLUGIN",
 }
 
 _TEMPLATE = """#!{python} -IS

@@ -1,13 +1,10 @@
 """The bridge plugin's config: reference defaults, then validation with messages that name the key."""
 
 import dataclasses
-import re
 
 from cni import fields
 from cni.errors import config_error
 from cni.skel import Request
-
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +94,4 @@ def _mac(request: Request) -> str | None:
     candidates = [request.runtime_config().get("mac"), fields.cni_args(request.config).get("mac"),
                   request.args.get("MAC")]
     mac = next((m for m in candidates if m), None)
-    if mac is None:
-        return None
-    if not isinstance(mac, str) or not _MAC.fullmatch(mac):
-        raise config_error(f"invalid MAC address {mac!r}", "expected six hex pairs like 0a:58:0a:01:00:05")
-    if int(mac[:2], 16) & 1:
-        raise config_error(f"MAC address {mac} is a multicast address")
-    return mac.lower()
+    return None if mac is None else fields.unicast_mac(mac)

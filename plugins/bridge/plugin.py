@@ -3,7 +3,7 @@
 import ipaddress
 import logging
 
-from cni import invoke, netlink, nftables, result as results, skel
+from cni import addressing, invoke, netlink, nftables, result as results, skel
 from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT
 from cni.rollback import Rollback
 
@@ -164,15 +164,9 @@ def check(request: skel.Request):
             raise _check_failed(f"the host side of {request.ifname} is not attached to {conf.bridge}")
         if conf.disable_container_interface:
             return
-        present = container.addresses(pod.index)
         pod_index = prev["interfaces"].index(pod_entry)
-        for ip in prev["ips"]:
-            if ip.get("interface", pod_index) == pod_index and ipaddress.ip_interface(ip["address"]) not in present:
-                raise _check_failed(f"address {ip['address']} is missing from {request.ifname}")
-        nets = {ipaddress.ip_network(dst, strict=False) for dst, _, _ in container.routes(pod.index)}
-        for route in prev["routes"]:
-            if ipaddress.ip_network(route["dst"], strict=False) not in nets:
-                raise _check_failed(f"route to {route['dst']} is missing from {request.netns}")
+        addressing.check(container, pod.index, request.ifname,
+                         [ip for ip in prev["ips"] if ip.get("interface", pod_index) == pod_index], prev["routes"])
     if conf.ip_masq and not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
                                                         [ip["address"] for ip in prev["ips"]]):
         raise _check_failed(f"masquerade rules of {request.container_id} are missing")

@@ -3,7 +3,7 @@
 import ipaddress
 import secrets
 
-from cni import sysctl
+from cni import addressing, sysctl
 from cni.errors import CNIError, LINK_CONFLICT
 from cni.netlink import Namespace
 
@@ -91,13 +91,5 @@ def configure_container(container: Namespace, conf: BridgeConfig, ifname: str, i
     link = container.link(ifname)
     if conf.disable_container_interface:
         return link
-    container.set_link(link.index, state="up")
-    for ip in ips:
-        container.add_address(link.index, ip["address"], nodad=not conf.enable_dad)
-    if conf.enable_dad:
-        container.wait_for_dad(link.index)
-    gateways = {ipaddress.ip_interface(ip["address"]).version: ip.get("gateway") for ip in ips}
-    for route in routes:
-        version = ipaddress.ip_network(route["dst"], strict=False).version
-        container.add_route(link.index, route["dst"], route.get("gw") or gateways.get(version))
+    addressing.configure(container, link.index, ips, routes, dad=conf.enable_dad)
     return container.link(index=link.index)

@@ -1,1 +1,1 @@
-"""The macvlan plugin (being written)."""
+"""macvlan: the pod gets its own MAC address on a link of the node (config.py, plugin.py)."""

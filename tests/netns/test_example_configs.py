@@ -1,5 +1,5 @@
 """Every example config in conf/cni works as shipped: ADD, CHECK and DEL, with only dataDir and
-bridge name made unique for the test."""
+bridge name made unique for the test, and a macvlan master cabled to a LAN namespace."""
 
 import glob
 import json
@@ -9,11 +9,12 @@ import pytest
 
 from tests import kernel
 from tests.netns.bridge_helpers import leases
+from tests.netns.lan_helpers import make_lan
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "conf", "cni", "*.conf*")))
 
 
-def _as_conflist(path, data_dir):
+def _as_conflist(path, data_dir, lan_master):
     with open(path) as f:
         conf = json.load(f)
     if "plugins" not in conf:   # a single .conf, as libcni wraps it
@@ -23,12 +24,14 @@ def _as_conflist(path, data_dir):
             plugin["bridge"] = kernel.unique("ppex")
         if "ipam" in plugin:
             plugin["ipam"]["dataDir"] = data_dir
+        if "master" in plugin:      # the machine's own uplink in a real config: a LAN of the test's here
+            plugin["master"] = lan_master()
     return conf
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(c) for c in CONFIGS])
 def test_example_config(plugin_host, netns, data_dir, path):
-    conflist = _as_conflist(path, data_dir)
+    conflist = _as_conflist(path, data_dir, lambda: make_lan(netns, plugin_host.ns).master)
     missing = [p["type"] for p in conflist["plugins"] if not os.path.exists(os.path.join(plugin_host.bin_dir, p["type"]))]
     assert not missing, f"example {path} uses plugins podplumb does not install: {missing}"
     net = plugin_host.network(conflist)

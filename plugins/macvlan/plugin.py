@@ -1,0 +1,150 @@
+"""macvlan: the pod gets a link of its own MAC address on a master link of the node (or of the pod,
+with `linkInContainer`), as if plugged into the master's network; IPAM optional."""
+
+import secrets
+
+from cni import addressing, invoke, netlink, result as results, skel
+from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT, UNKNOWN_CONTAINER, config_error
+from cni.rollback import Rollback
+
+from plugins.macvlan import config
+
+
+def add(request: skel.Request) -> dict:
+    conf = config.load(request)
+    with netlink.Namespace(request.netns) as pod, _lower_namespace(conf, request) as lower, Rollback() as undo:
+        if pod.link(request.ifname) is not None:
+            raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
+                           "DEL the earlier attachment first")
+        master = _master(conf, lower)
+        link = _create(conf, lower, pod, master, request)
+        undo.push("macvlan link", lambda: pod.delete_link(request.ifname))
+        ips, routes, dns = [], [], None
+        if not conf.layer2_only:
+            ipam = invoke.delegate(request, "ADD")
+            undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
+            if not ipam.get("ips"):
+                raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
+            ips = [dict(ip, interface=0) for ip in ipam["ips"]]
+            routes, dns = ipam.get("routes") or [], ipam.get("dns")
+        # On a shared segment a duplicate address is a real possibility: IPv6 runs DAD, and we wait for it.
+        addressing.configure(pod, link.index, ips, routes, dad=True)
+    interface = {"name": request.ifname, "mac": link.mac, "sandbox": request.netns}
+    return results.new([interface], ips, routes, conf.dns or dns)
+
+
+def _lower_namespace(conf: config.MacvlanConfig, request: skel.Request) -> netlink.Namespace:
+    """Where the master link is: the namespace the plugin runs in, or the pod's."""
+    return netlink.Namespace(request.netns if conf.link_in_container else None)
+
+
+def _where(conf: config.MacvlanConfig) -> str:
+    return "in the pod's namespace" if conf.link_in_container else "in the plugin's (host) namespace"
+
+
+def _master(conf: config.MacvlanConfig, lower: netlink.Namespace) -> netlink.Link:
+    if conf.master:
+        master = lower.link(conf.master)
+        if master is None:
+            raise config_error(f"master link {conf.master} not found", _where(conf))
+    else:
+        index = _default_route_link(lower)
+        if index is None:
+            raise config_error("no master given and no default route to take it from", _where(conf))
+        master = lower.link(index=index)
+    if conf.mtu > master.mtu:
+        raise config_error(f"invalid MTU {conf.mtu}", f"at most the MTU of master {master.name} ({master.mtu})")
+    return master
+
+
+def _default_route_link(ns: netlink.Namespace) -> int | None:
+    """The link of the IPv4 default route, else of the IPv6 one."""
+    return ns.default_route_link() or next((oif for dst, _, oif in ns.routes() if dst == "::/0" and oif), None)
+
+
+def _create(conf: config.MacvlanConfig, lower: netlink.Namespace, pod: netlink.Namespace,
+            master: netlink.Link, request: skel.Request) -> netlink.Link:
+    """The macvlan, born in the pod under a random name (the pod's name may be taken where it is
+    made), then renamed to CNI_IFNAME."""
+    target = None if conf.link_in_container else request.netns
+    for _ in range(5):
+        temp = "mv" + secrets.token_hex(4)
+        if lower.add_macvlan(temp, master.index, conf.mode, netns=target, mtu=conf.mtu, mac=conf.mac):
+            break
+    else:
+        raise CNIError(LINK_CONFLICT, "cannot find a free temporary macvlan name")
+    link = pod.link(temp)
+    try:
+        pod.set_link(link.index, ifname=request.ifname)
+    except CNIError:
+        pod.delete_link(temp)
+        raise
+    return pod.link(index=link.index)
+
+
+def delete(request: skel.Request):
+    conf = config.load(request)
+    if not conf.layer2_only:
+        invoke.delegate(request, "DEL")      # first: a DHCP release leaves through the pod's link
+    if not request.netns:
+        return
+    try:
+        with netlink.Namespace(request.netns) as pod:
+            link = pod.link(request.ifname)
+            if link is not None and link.kind == "macvlan":
+                pod.delete_link(request.ifname)
+    except CNIError as e:
+        if e.code != UNKNOWN_CONTAINER:      # the namespace is gone, and the link with it
+            raise
+
+
+def check(request: skel.Request):
+    conf = config.load(request)
+    if not conf.layer2_only:
+        invoke.delegate(request, "CHECK")
+    prev = request.config.get("prevResult")
+    if not prev:
+        raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
+    prev = results.from_any(prev, request.version)
+    entry = next((i for i in prev["interfaces"]
+                  if i.get("name") == request.ifname and i.get("sandbox") == request.netns), None)
+    if entry is None:
+        raise _check_failed(f"prevResult has no interface {request.ifname} in sandbox {request.netns}")
+    entry_index = prev["interfaces"].index(entry)
+    with netlink.Namespace(request.netns) as pod, _lower_namespace(conf, request) as lower:
+        try:
+            master = _master(conf, lower)
+        except CNIError as e:
+            raise _check_failed(str(e)) from None
+        link = pod.link(request.ifname)
+        if link is None:
+            raise _check_failed(f"interface {request.ifname} is missing from {request.netns}")
+        mode = pod.macvlan_mode(link.index)
+        if mode is None:
+            raise _check_failed(f"{request.ifname} is a {link.kind or 'non-macvlan'} link, not a macvlan")
+        if mode != conf.mode:
+            raise _check_failed(f"{request.ifname} is in macvlan mode {mode}, the config says {conf.mode}")
+        if link.peer != master.index:
+            raise _check_failed(f"{request.ifname} is not on master {master.name}")
+        if entry.get("mac") and link.mac != entry["mac"].lower():
+            raise _check_failed(f"{request.ifname} has MAC {link.mac}, prevResult says {entry['mac']}")
+        addressing.check(pod, link.index, request.ifname,
+                         [ip for ip in prev["ips"] if ip.get("interface", entry_index) == entry_index],
+                         prev["routes"])
+
+
+def _check_failed(msg: str) -> CNIError:
+    return CNIError(CHECK_FAILED, msg)
+
+
+def status(request: skel.Request):
+    if not config.load(request).layer2_only:
+        invoke.delegate(request, "STATUS")
+
+
+def gc(request: skel.Request):
+    if not config.load(request).layer2_only:
+        invoke.delegate(request, "GC")
+
+
+PLUGIN = skel.Plugin(name="macvlan", add=add, delete=delete, check=check, status=status, gc=gc)
