@@ -11,6 +11,8 @@ from cni.errors import config_error
 from cni.skel import Request
 
 MODES = ("bridge", "private", "vepa", "passthru", "source")
+# The plugin's own top-level keys, for cni.netconf.
+FIELDS = dict.fromkeys(("master", "mode", "mtu", "mac", "linkInContainer"))
 
 
 @dataclasses.dataclass(frozen=True)

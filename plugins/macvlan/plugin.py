@@ -1,9 +1,10 @@
 """macvlan: the pod gets a link of its own MAC address on a master link of the node (or of the pod,
 with `linkInContainer`), as if plugged into the master's network; IPAM optional."""
 
+import contextlib
 import secrets
 
-from cni import addressing, invoke, netlink, result as results, skel
+from cni import addressing, invoke, netlink, result as results, skel, sysctl
 from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT, UNKNOWN_CONTAINER, config_error
 from cni.rollback import Rollback
 
@@ -27,10 +28,19 @@ def add(request: skel.Request) -> dict:
                 raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
             ips = [dict(ip, interface=0) for ip in ipam["ips"]]
             routes, dns = ipam.get("routes") or [], ipam.get("dns")
+            _announce_changes(request)
         # On a shared segment a duplicate address is a real possibility: IPv6 runs DAD, and we wait for it.
         addressing.configure(pod, link.index, ips, routes, dad=True)
     interface = {"name": request.ifname, "mac": link.mac, "sandbox": request.netns}
     return results.new([interface], ips, routes, conf.dns or dns)
+
+
+def _announce_changes(request: skel.Request):
+    """The pod's link tells the LAN when its addresses or MAC change (gratuitous ARP, unsolicited NA),
+    as the reference sets it up: neighbours of a reused address learn the new MAC at once."""
+    for key in (f"net.ipv4.conf.{request.ifname}.arp_notify", f"net.ipv6.conf.{request.ifname}.ndisc_notify"):
+        with contextlib.suppress(OSError):     # IPv6 may be disabled in the pod
+            sysctl.write_in(request.netns, key, "1")
 
 
 def _lower_namespace(conf: config.MacvlanConfig, request: skel.Request) -> netlink.Namespace:
@@ -147,4 +157,5 @@ def gc(request: skel.Request):
         invoke.delegate(request, "GC")
 
 
-PLUGIN = skel.Plugin(name="macvlan", add=add, delete=delete, check=check, status=status, gc=gc)
+PLUGIN = skel.Plugin(name="macvlan", add=add, delete=delete, check=check, status=status, gc=gc,
+                     config_fields=config.FIELDS)

@@ -41,6 +41,7 @@ def test_two_pods_reach_each_other_and_the_lan(plugin_host, netns, data_dir, ver
         assert result["routes"] == [{"dst": "10.99.0.0/16", "gw": "10.55.0.1"}]
         info = link_details(pod, "eth0")["linkinfo"]
         assert info["info_kind"] == "macvlan" and info["info_data"]["mode"] == "bridge"
+        assert kernel.sh("sysctl", "-n", "net.ipv4.conf.eth0.arp_notify", ns=pod).stdout.strip() == "1"
     a, b = (pod_addresses(r) for r in results)
     assert kernel.ping(pods[0], b[4]), "pod to pod"
     assert kernel.ping(pods[1], lan.address4), "pod to LAN"
