@@ -31,7 +31,7 @@ def to_version(result: dict, version: str) -> dict:
     modern = versions.at_least(version, "1.1.0")
     if result.get("interfaces"):
         out["interfaces"] = [_drop(i, _NEW_INTERFACE_FIELDS, keep=modern) for i in result["interfaces"]]
-    if result.get("ips") or legacy:
+    if result.get("ips"):      # the reference's results omit an empty list, in every version
         out["ips"] = []
         for ip in result.get("ips", []):
             ip = dict(ip)
