@@ -1,30 +1,42 @@
 """Hand one CNI call to the node daemon. Standard library only, and only modules that cost nothing to
 import (no json, base64, re or enum on the normal path): every plugin call pays for what this imports.
 
-Wire format, one connection per call. A message is a list of byte strings (fields), sent as a frame:
-4-byte big-endian payload length, then each field as a 4-byte big-endian length and its bytes.
+Wire format, one connection per call (docs/daemon.md). A message is a list of byte strings (fields),
+sent as a frame: 4-byte big-endian payload length, then each field as a 4-byte big-endian length and
+its bytes.
   daemon -> client  greeting  [b"podplumb/1"]                   sent once the daemon took the connection
-  client -> daemon  request   [module, stdin, key1, value1, ...] the environment as key/value fields
+  client -> daemon  request   [module, stdin, key1, value1, ...] the environment as key/value fields;
+                    its first bytes carry (SCM_RIGHTS) the caller's /proc/self/ns/net, ns/mnt and root
   daemon -> client  reply     [exit code (ASCII digits), stdout, stderr]
 
 The client sends its request only after the greeting: until then nothing has been asked, so any failure
-(no socket, a stale socket file, a daemon too busy or stopped to greet) means "run in-process". Once
-the request is sent the daemon may be acting on it; a failure from then on is answered with CNI error
-11 (try again later), never retried here and never waited on without a bound.
+(no socket, a stale socket file, a daemon too busy or stopped to greet) means "run in-process". A
+daemon that does not greet within GREETING_TIMEOUT is marked stalled (`<socket>.stalled`): for
+STALL_BACKOFF seconds later calls do not ask it at all. Once the request is sent the daemon may be
+acting on it; a failure from then on is answered with CNI error 11 (try again later), never retried
+here and never waited on without a bound.
 """
 
 import os
 import sys
 import time
 # The C module behind `socket`: `import socket` would also import enum, selectors and friends.
-from _socket import AF_UNIX, SOCK_STREAM, socket as _unix_socket, timeout as SocketTimeout
+from _socket import AF_UNIX, SCM_RIGHTS, SOCK_STREAM, SOL_SOCKET, socket as _unix_socket, timeout as SocketTimeout
+
+from cni.limits import MAX_CONFIG_BYTES
 
 DEFAULT_SOCKET = "/run/podplumb/cni.sock"
 GREETING = b"podplumb/1"
-CONNECT_TIMEOUT = 1.0          # connect + greeting
+GREETING_TIMEOUT = 0.2         # connect + greeting: what a stalled daemon costs a caller, once
+CONNECT_TIMEOUT = GREETING_TIMEOUT
+STALL_BACKOFF = 10.0           # seconds during which a daemon that did not greet is not asked again
+STALLED_SUFFIX = ".stalled"
 REQUEST_TIMEOUT = 120.0        # the whole call; env PODPLUMB_DAEMON_TIMEOUT overrides (seconds)
 TIMEOUT_ENV = "PODPLUMB_DAEMON_TIMEOUT"
+MAX_ENV_BYTES = 1 << 20        # the environment's share of a request
+MAX_REQUEST = MAX_CONFIG_BYTES + MAX_ENV_BYTES
 MAX_FRAME = 64 << 20
+CALLER_NAMESPACES = ("/proc/self/ns/net", "/proc/self/ns/mnt", "/proc/self/root")   # passed with the request, in this order
 TRY_AGAIN_LATER = 11
 FALLBACK_VERSION = "1.1.0"
 
@@ -85,18 +97,46 @@ def encode_request(module: str, env: dict, stdin: bytes) -> list[bytes]:
     return fields
 
 
+def send_request(sock, fields, fds) -> None:
+    """The request frame, the file descriptors `fds` riding on its first bytes."""
+    data = encode(fields)
+    rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+    sent = sock.sendmsg([data[:1 << 16]], [(SOL_SOCKET, SCM_RIGHTS, rights)] if fds else [])
+    sock.sendall(data[sent:])
+
+
+def caller_namespaces() -> list[int]:
+    """This process's network and mount namespaces and root directory, for the daemon to work in."""
+    fds = []
+    try:
+        for path in CALLER_NAMESPACES:
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 def forward(socket_path: str, module: str, env: dict, stdin: bytes) -> tuple[bytes, int] | None:
     """Serve a call through the daemon: (stdout, exit code), or None when the caller must run it itself."""
-    sock = _connect(socket_path)
-    if sock is None:
-        return None
     env = dict(env)
     if env.get("CNI_NETNS"):       # the daemon's working directory is not ours
         env["CNI_NETNS"] = os.path.abspath(env["CNI_NETNS"])
-    timeout = _request_timeout(env)
+    fields = encode_request(module, env, stdin)
+    if len(stdin) > MAX_CONFIG_BYTES or sum(map(len, fields)) - len(stdin) > MAX_ENV_BYTES:
+        return None                # the in-process answer says which bound it passed
+    if _stalled(socket_path):
+        return None
+    sock = _connect(socket_path)
+    if sock is None:
+        return None
+    timeout = request_timeout(env)
+    fds = []
     try:
+        fds = caller_namespaces()
         sock.settimeout(timeout)
-        send_message(sock, encode_request(module, env, stdin))
+        send_request(sock, fields, fds)
         code, output, stderr = recv_message(sock, time.monotonic() + timeout)
         code = int(code)
     except SocketTimeout:
@@ -105,6 +145,8 @@ def forward(socket_path: str, module: str, env: dict, stdin: bytes) -> tuple[byt
         return _try_again(stdin, f"the node daemon at {socket_path} failed during the call: {e}")
     finally:
         sock.close()
+        for fd in fds:
+            os.close(fd)
     if stderr:
         sys.stderr.buffer.write(stderr)
         sys.stderr.flush()
@@ -115,14 +157,20 @@ def _connect(socket_path: str):
     """A connection the daemon has greeted, or None (nothing was asked of it)."""
     sock = _unix_socket(AF_UNIX, SOCK_STREAM)
     try:
-        sock.settimeout(CONNECT_TIMEOUT)
+        sock.settimeout(GREETING_TIMEOUT)
         sock.connect(socket_path)
-        greeting = recv_message(sock, time.monotonic() + CONNECT_TIMEOUT)
+        greeting = recv_message(sock, time.monotonic() + GREETING_TIMEOUT)
         if greeting != [GREETING]:
             raise FrameError(f"unexpected greeting {greeting!r}")
         return sock
     except (FileNotFoundError, ConnectionRefusedError):   # no daemon, or a stale socket file
         sock.close()
+        return None
+    except SocketTimeout:
+        sock.close()
+        _mark_stalled(socket_path)
+        sys.stderr.write(f"podplumb: node daemon at {socket_path} did not greet within {GREETING_TIMEOUT:g}s; "
+                         f"running in-process, and not asking it again for {STALL_BACKOFF:g}s\n")
         return None
     except (OSError, FrameError) as e:
         sock.close()
@@ -130,7 +178,25 @@ def _connect(socket_path: str):
         return None
 
 
-def _request_timeout(env: dict) -> float:
+def _stalled(socket_path: str) -> bool:
+    """Whether a recent call found the daemon stalled (then this call does not pay the wait again)."""
+    try:
+        marked = os.stat(socket_path + STALLED_SUFFIX).st_mtime
+    except OSError:
+        return False
+    return 0 <= time.time() - marked < STALL_BACKOFF
+
+
+def _mark_stalled(socket_path: str):
+    try:
+        fd = os.open(socket_path + STALLED_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    with open(fd, "w") as f:
+        f.write(f"{time.time():.3f}\n")
+
+
+def request_timeout(env: dict) -> float:
     try:
         value = float(env.get(TIMEOUT_ENV, ""))
     except ValueError:

@@ -1,6 +1,8 @@
-"""`podplumb daemon`: a warm process serving CNI calls on a unix socket (framing: podplumb.client).
+"""`podplumb daemon`: a warm process serving CNI calls on a unix socket (protocol: docs/daemon.md).
 
-Each connection gets a thread that runs the same `skel.run` handler as a standalone executable.
+This process accepts, checks the caller's uid, greets, and hands each connection to the worker host
+(podplumb.worker), which runs every call in a short-lived process of its own, in the caller's
+network namespace and root. In-daemon services (the overlay registry) run here, in this process.
 Only the modules of `podplumb.install.PLUGINS` are ever run, whatever a request names.
 SIGTERM/SIGINT: stop accepting, let in-flight calls finish (bounded), remove the socket.
 With systemd socket activation (LISTEN_PID/LISTEN_FDS) the listening socket is fd 3.
@@ -8,7 +10,6 @@ With systemd socket activation (LISTEN_PID/LISTEN_FDS) the listening socket is f
 
 import argparse
 import contextlib
-import io
 import logging
 import os
 import selectors
@@ -17,20 +18,15 @@ import socket
 import stat
 import struct
 import sys
-import threading
-import time
 
-from cni import log, skel
-from cni.errors import INVALID_ENVIRONMENT
+from cni import log
 from podplumb import client
-from podplumb.install import PLUGINS
+from podplumb.worker import Workers
 
 LOG = logging.getLogger("podplumb.daemon")
 
 SD_LISTEN_FDS_START = 3
-READ_TIMEOUT = 10.0      # a greeted client sends its request at once
-WRITE_TIMEOUT = 10.0
-_NAMES = {module: name for name, module in PLUGINS.items()}
+GREETING_TIMEOUT = 1.0   # sending the greeting to a caller that may have left already
 _LOG_FORMAT = logging.Formatter(log.FORMAT)
 
 
@@ -49,33 +45,46 @@ def main(argv=None) -> int:
 
     _configure_logging(args.log_level)
     listener, owned = listen(args.socket)
-    plugins = {}
-    server = Server(listener, plugins, args.max_requests)
+    _unlink(args.socket + client.STALLED_SUFFIX)      # a new daemon: callers may ask it at once
+    workers = Workers(args.drain_timeout)
+    workers.start()          # forked before this process starts any thread (services below do)
+    server = Server(listener, workers, args.max_requests)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
-    overlay = None
+    services = []
+    code = 0
     try:
-        if args.overlay_config:
-            try:
-                overlay = _start_overlay(args.overlay_config)
-            except Exception as e:   # etcd unreachable, a bad config: said once, and the socket goes
-                LOG.error("overlay registry cannot start: %s", e)
-                return 1
-        # Warm up while already serving: a socket-activated first call is answered as soon as possible
-        # (it waits for the imports it needs, no longer).
-        threading.Thread(target=warm_up, args=(plugins,), daemon=True, name="warm-up").start()
+        try:
+            services = start_services(args)
+        except Exception as e:   # etcd unreachable, a bad config: said once, and the socket goes
+            LOG.error("%s", e)
+            return 1
         LOG.info("serving on %s (pid %d)", args.socket, os.getpid())
-        server.serve()
+        if not server.serve():
+            LOG.error("the worker host died; stopping")
+            code = 1
     finally:
-        if overlay:
-            overlay.stop()
+        for service in reversed(services):
+            service.stop()
         if owned:
             _unlink(args.socket)
         listener.close()
-    if not server.drain(args.drain_timeout):
-        LOG.warning("%d call(s) still running after %gs; exiting", server.in_flight, args.drain_timeout)
+        if not workers.stop():
+            LOG.warning("call(s) still running after %gs; exiting", args.drain_timeout)
     LOG.info("stopped")
-    return 0
+    return code
+
+
+def start_services(args) -> list:
+    """The services that live in the daemon process itself (each has stop()): calls run elsewhere,
+    in the worker host's call processes, which reach a service through its own socket or files."""
+    services = []
+    if args.overlay_config:
+        try:
+            services.append(_start_overlay(args.overlay_config))
+        except Exception as e:
+            raise RuntimeError(f"overlay registry cannot start: {e}") from e
+    return services
 
 
 def _start_overlay(config_path: str):
@@ -94,23 +103,6 @@ def _configure_logging(level: str):
     handler.setLevel(level.upper())
     root.addHandler(handler)      # from now on cni.log.configure leaves logging alone
     root.setLevel(logging.INFO)
-
-
-def warm_up(plugins: dict):
-    """Import every plugin we may serve, and pyroute2, so that no call pays for it."""
-    started = time.monotonic()
-    for name, module in PLUGINS.items():
-        try:
-            plugins[module] = skel.load_plugin(module)
-        except ImportError as e:
-            LOG.info("plugin %s not available here: %s", name, e)
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:         # loads the message classes a first call would otherwise load
-        ipr.get_links()
-        ipr.get_addr()
-        ipr.get_routes()
-    LOG.info("warm in %.2fs: %s", time.monotonic() - started,
-             ", ".join(name for name, module in PLUGINS.items() if module in plugins))
 
 
 def listen(path: str) -> tuple[socket.socket, bool]:
@@ -178,12 +170,13 @@ def _unlink(path: str):
 
 
 class Server:
-    def __init__(self, listener: socket.socket, plugins: dict, max_requests: int):
+    """Accepts, greets, and hands each connection to the worker host."""
+
+    def __init__(self, listener: socket.socket, workers: Workers, max_requests: int):
         self.listener = listener
-        self.plugins = plugins
+        self.workers = workers
         self.max_requests = max_requests
         self.in_flight = 0
-        self._idle = threading.Condition()
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._served = 0
@@ -194,131 +187,47 @@ class Server:
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"x")
 
-    def serve(self):
+    def serve(self) -> bool:
+        """Serve until stop(); False if the worker host died."""
         with selectors.DefaultSelector() as selector:
             selector.register(self.listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(self.workers, selectors.EVENT_READ)
             while not self._stopping:
-                if any(key.fileobj is self.listener for key, _ in selector.select()):
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self.workers in ready:
+                    finished = self.workers.finished()
+                    if finished is None:
+                        return False
+                    self.in_flight -= len(finished)
+                if self.listener in ready:
                     self._accept()
+        return True
 
     def _accept(self):
         try:
             conn, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        with self._idle:
+        with conn:
             if self.in_flight >= self.max_requests:
-                conn.close()         # no greeting: the caller runs the plugin itself
                 LOG.warning("busy (%d calls): a caller will run in-process", self.in_flight)
+                return           # no greeting: the caller runs the plugin itself
+            uid = _peer_uid(conn)
+            if uid not in (0, os.getuid()):
+                LOG.warning("refused a client of uid %d", uid)
                 return
-            self.in_flight += 1
+            try:
+                conn.settimeout(GREETING_TIMEOUT)
+                client.send_message(conn, [client.GREETING])
+            except OSError as e:   # it gave up waiting (a daemon that was stopped, say): nothing was asked
+                LOG.info("a caller left before the greeting (%s)", e)
+                return
             self._served += 1
-            number = self._served
-        threading.Thread(target=self._serve_connection, args=(conn, number), daemon=True,
-                         name=f"cni-{number}").start()
-
-    def drain(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self.in_flight:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
-
-    def _serve_connection(self, conn: socket.socket, number: int):
-        try:
-            with conn:
-                handle_connection(conn, self.plugins, number)
-        except Exception:      # one bad connection never takes the daemon down
-            LOG.exception("call %d: connection failed", number)
-        finally:
-            with self._idle:
-                self.in_flight -= 1
-                self._idle.notify_all()
-
-
-def handle_connection(conn: socket.socket, plugins: dict, number: int):
-    uid = _peer_uid(conn)
-    if uid not in (0, os.getuid()):
-        LOG.warning("call %d: refused a client of uid %d", number, uid)
-        return
-    conn.settimeout(WRITE_TIMEOUT)
-    client.send_message(conn, [client.GREETING])
-    try:
-        module, env, stdin = parse_request(client.recv_message(conn, time.monotonic() + READ_TIMEOUT))
-    except (OSError, client.FrameError, ValueError) as e:
-        LOG.warning("call %d: bad or missing request: %s", number, e)
-        return
-    started = time.monotonic()
-    with request_logs(env) as captured:
-        stdout, code = serve(plugins, module, env, stdin)
-    LOG.info("call %d: %s %s container=%s ifname=%s -> exit %d in %.3fs", number, _NAMES.get(module, repr(module)),
-             env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"),
-             code, time.monotonic() - started)
-    conn.settimeout(WRITE_TIMEOUT)
-    try:
-        client.send_message(conn, [str(code).encode(), stdout, captured.getvalue().encode(errors="replace")])
-    except OSError as e:
-        LOG.warning("call %d: the caller left before the answer: %s", number, e)
-
-
-def serve(plugins: dict, module: str, env: dict, stdin: bytes) -> tuple[bytes, int]:
-    """One CNI call, exactly as the standalone executable would answer it."""
-    if module not in _NAMES:
-        return _refuse(stdin, f"the podplumb daemon does not serve {module!r}",
-                       f"known plugins: {', '.join(sorted(PLUGINS))}")
-    plugin = plugins.get(module)
-    if plugin is None:
-        try:
-            plugin = plugins[module] = skel.load_plugin(module)
-        except ImportError as e:
-            return _refuse(stdin, f"plugin module {module!r} is not installed with the daemon", str(e))
-    return skel.run(plugin, env, stdin)
-
-
-def _refuse(stdin: bytes, msg: str, details: str) -> tuple[bytes, int]:
-    LOG.warning("%s", msg)
-    return client.error_reply(stdin, INVALID_ENVIRONMENT, msg, details)
-
-
-def parse_request(fields: list) -> tuple[str, dict, bytes]:
-    """[module, stdin, key1, value1, ...] -> (module, env, stdin)."""
-    if len(fields) < 2 or len(fields) % 2:
-        raise ValueError(f"a request has module, stdin and key/value pairs; got {len(fields)} fields")
-    names = [os.fsdecode(f) for f in fields[2:]]
-    return fields[0].decode(), dict(zip(names[::2], names[1::2])), fields[1]
+            self.workers.submit(conn, self._served)
+            self.in_flight += 1
 
 
 def _peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
-
-
-@contextlib.contextmanager
-def request_logs(env: dict):
-    """Capture this thread's podplumb logs for one call: what the standalone executable would print on
-    stderr (at the call's PODPLUMB_LOG_LEVEL), and PODPLUMB_LOG_FILE when the call names one."""
-    ident = threading.get_ident()
-    root = logging.getLogger("podplumb")
-    captured = io.StringIO()
-    handlers = [logging.StreamHandler(captured)]
-    handlers[0].setLevel(log.level(env.get("PODPLUMB_LOG_LEVEL", "WARNING")))
-    if env.get("PODPLUMB_LOG_FILE"):
-        try:
-            handlers.append(logging.FileHandler(env["PODPLUMB_LOG_FILE"]))
-            handlers[-1].setLevel(logging.INFO)
-        except OSError as e:
-            LOG.warning("cannot open log file %s: %s", env["PODPLUMB_LOG_FILE"], e)
-    for handler in handlers:
-        handler.setFormatter(_LOG_FORMAT)
-        handler.addFilter(lambda record: record.thread == ident)
-        root.addHandler(handler)
-    try:
-        yield captured
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()

@@ -15,7 +15,7 @@ from podplumb import client
 from podplumb.install import PLUGINS, install
 from podplumb.runtime import exec_plugin
 from tests import kernel
-from tests.netns.bridge_helpers import bridge_conflist, leases, pod_addresses
+from tests.netns.bridge_helpers import bridge_conflist, host_links, leases, pod_addresses
 
 BRIDGE = PLUGINS["bridge"]
 
@@ -34,9 +34,10 @@ def _plugin_config(conflist, index=0):
 
 
 def _slow_ipam(directory, before_exec="sleep 60"):
-    """An IPAM executable that records its pid, waits, then (if it gets there) acts as host-local."""
+    """An IPAM executable that records its pid, waits on ADD, then (if it gets there) acts as host-local."""
     path = directory / "slow-ipam"
-    path.write_text(f"#!/bin/sh\necho $$ > {directory}/slow-ipam.pid\n{before_exec}\nexec /usr/lib/cni/host-local\n")
+    path.write_text(f"#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  echo $$ > {directory}/slow-ipam.pid\n"
+                    f"  {before_exec}\nfi\nexec /usr/lib/cni/host-local\n")
     path.chmod(0o755)
     return directory / "slow-ipam.pid"
 
@@ -165,26 +166,62 @@ def test_killed_mid_request_returns_try_again(forwarding, host_ns, netns, tmp_pa
     assert run.code != 0 and run.json["code"] == 11 and run.json["cniVersion"] == "1.1.0"
 
 
-def test_stalled_daemon_returns_try_again_within_the_bound(forwarding, host_ns, netns, tmp_path):
+def test_call_out_of_time_is_rolled_back(forwarding, host_ns, netns, tmp_path):
+    """A call bounded by the caller's timeout: the daemon stops the ADD, undoes it and answers 11."""
     daemon, bin_dir = forwarding
     pid_file = _slow_ipam(tmp_path)
-    config = _plugin_config(bridge_conflist(str(tmp_path / "ipam"), "0.4.0"))
+    data_dir = tmp_path / "ipam"
+    conflist = bridge_conflist(str(data_dir), "0.4.0")
+    config = _plugin_config(conflist)
     config["ipam"]["type"] = "slow-ipam"
+    links_before = host_links(host_ns)
+    started = time.monotonic()
+    run = exec_plugin(bin_dir, "bridge", "ADD", config, container_id="ctr", ifname="eth0",
+                      netns=kernel.netns_path(netns("pod")), host_ns=host_ns,
+                      path=[str(bin_dir), str(tmp_path)], env={client.TIMEOUT_ENV: "2"})
+    elapsed = time.monotonic() - started
+    _kill_quietly(_wait_for(pid_file))
+    assert 1.5 < elapsed < 2.5
+    assert run.code != 0 and run.json["code"] == 11 and run.json["cniVersion"] == "0.4.0"
+    assert "rolled back" in run.json["details"] and "ran out of time" in run.json["details"]
+    assert set(host_links(host_ns)) <= set(links_before) | {config["bridge"]}
+    assert leases(str(data_dir), conflist["name"]) == []
+    assert "Traceback" not in daemon.log(tail=None)
+
+
+def test_stopped_call_times_out_for_the_caller_then_rolls_back(forwarding, host_ns, netns, tmp_path):
+    """A call process that does not answer costs the caller its own bound; when it runs again it undoes
+    the ADD its caller gave up on."""
+    daemon, bin_dir = forwarding
+    pid_file = _slow_ipam(tmp_path)
+    data_dir = tmp_path / "ipam"
+    conflist = bridge_conflist(str(data_dir), "0.4.0")
+    config = _plugin_config(conflist)
+    config["ipam"]["type"] = "slow-ipam"
+    links_before = host_links(host_ns)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         call = pool.submit(exec_plugin, bin_dir, "bridge", "ADD", config, container_id="ctr", ifname="eth0",
                            netns=kernel.netns_path(netns("pod")), host_ns=host_ns,
                            path=[str(bin_dir), str(tmp_path)], env={client.TIMEOUT_ENV: "2"})
         ipam_pid = _wait_for(pid_file)
+        call_process = int(open(f"/proc/{ipam_pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        os.kill(call_process, signal.SIGSTOP)
         started = time.monotonic()
-        os.kill(daemon.proc.pid, signal.SIGSTOP)
         try:
             run = call.result(timeout=15)
         finally:
-            _kill_quietly(ipam_pid)
-            daemon.kill()
-    assert 1 < time.monotonic() - started < 6
+            os.kill(call_process, signal.SIGCONT)
+    assert time.monotonic() - started < 3
     assert run.code != 0 and run.json["code"] == 11 and run.json["cniVersion"] == "0.4.0"
     assert "did not answer within 2s" in run.json["details"]
+    deadline = time.monotonic() + 10
+    while "rolled back" not in daemon.log(tail=None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill_quietly(ipam_pid)
+    assert "rolled back" in daemon.log(tail=None)
+    assert set(host_links(host_ns)) <= set(links_before) | {config["bridge"]}
+    assert leases(str(data_dir), conflist["name"]) == []
+    assert "Traceback" not in daemon.log(tail=None)
 
 
 def test_stopped_daemon_before_a_call_means_in_process(forwarding, cni_bin, host_ns):

@@ -1,0 +1,72 @@
+"""Working where a daemon's caller is: its network namespace and its view of the file system.
+
+A call's worker process (podplumb.worker) enters the caller's network and mount namespaces with
+setns(2) and its root directory with chroot(2), from file descriptors the caller passed (or opened
+through /proc/<pid>/ when it passed none). Only a short-lived worker ever does this, never the daemon.
+Being in the caller's mount namespace keeps it alive: a caller that exits mid-call (and with it maybe
+the last process of its namespace) does not take the mounts the call still needs (/proc, /run/netns).
+"""
+
+import ctypes
+import os
+import socket
+import struct
+import sys
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+NAMESPACES = ("net", "mnt")       # then the root: the order of podplumb.client.CALLER_NAMESPACES
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class CallerUnreachable(Exception):
+    """The caller's namespaces could not be entered."""
+
+
+def peer_pid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+def open_by_pid(pid: int) -> list[int]:
+    """[network namespace, mount namespace, root] of process `pid`: for a caller that sent none."""
+    if pid <= 0:
+        raise CallerUnreachable("the caller sent no namespaces and its pid is not visible here")
+    fds = []
+    try:
+        for path in [f"/proc/{pid}/ns/{ns}" for ns in NAMESPACES] + [f"/proc/{pid}/root"]:
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        raise CallerUnreachable(f"cannot open {e.filename}: {e.strerror}") from None
+    return fds
+
+
+def enter(net_fd: int, mnt_fd: int, root_fd: int, own_root_fd: int):
+    """Move this (single-threaded, short-lived) process into the caller's namespaces and root.
+
+    Modules not imported yet are then still found, through `own_root_fd` (the daemon's own root):
+    the caller's file system need not hold podplumb."""
+    for fd, kind, what in ((net_fd, CLONE_NEWNET, "network"), (mnt_fd, CLONE_NEWNS, "mount")):
+        if _libc.setns(fd, kind) != 0:
+            error = ctypes.get_errno()
+            raise CallerUnreachable(f"setns into the caller's {what} namespace: {os.strerror(error)}")
+    try:
+        os.fchdir(root_fd)
+        os.chroot(".")
+        os.chdir("/")
+    except OSError as e:
+        raise CallerUnreachable(f"entering the caller's root directory: {e.strerror}") from None
+    _import_through(f"/proc/self/fd/{own_root_fd}")
+
+
+def _import_through(own_root: str):
+    """Point the import system's absolute paths at the daemon's root, seen through /proc (when the
+    caller's root has /proc): sys.path and the search paths of packages already imported."""
+    if not os.path.isdir(own_root):
+        return
+    for paths in [sys.path] + [getattr(m, "__path__", None) for m in list(sys.modules.values())]:
+        if isinstance(paths, list):
+            paths[:] = [own_root + entry if entry.startswith("/") else entry for entry in paths]
+    sys.path_importer_cache.clear()

@@ -1,0 +1,519 @@
+"""The node daemon's call workers: every CNI call runs in a short-lived process of its own.
+
+At start the daemon forks one worker host, before it starts any thread. The host imports every
+plugin and pyroute2 once and stays single-threaded; for each connection the daemon hands it
+(SCM_RIGHTS over a SOCK_SEQPACKET pair) it forks a process for the call, which
+- reads the request and the caller's namespaces that ride on it (podplumb.client),
+- enters the caller's network namespace and root (podplumb.caller): never a long-lived process,
+- takes the attachment's lock (network, container ID, ifname): one operation at a time per attachment,
+- runs the plugin exactly as the standalone executable would, answers, and exits.
+Calls run in parallel on every CPU, and nothing a call does outlives it in the daemon.
+
+A call is bounded in time (a little under the caller's own timeout). An ADD whose caller went away,
+ran out of time, or whose daemon died is interrupted, rolled back (its undo steps, then a DEL of the
+same attachment, still under the lock) and answered with code 11 if anyone still listens. Other
+commands run to their end when the caller leaves; their answer is dropped quietly.
+"""
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import select
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+
+from cni import log, skel
+from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, TRY_AGAIN_LATER
+from podplumb import caller, client
+from podplumb.install import PLUGINS
+
+LOG = logging.getLogger("podplumb.daemon")
+
+READ_TIMEOUT = 10.0        # a greeted client sends its request at once
+WRITE_TIMEOUT = 10.0
+UNDO_TIMEOUT = 30.0        # the DEL that rolls back an abandoned ADD; then the call process is killed
+NAMES = {module: name for name, module in PLUGINS.items()}
+_PR_SET_PDEATHSIG = 1
+_INTERRUPTS = {signal.SIGALRM: "it ran out of time", signal.SIGUSR1: "the caller went away",
+               signal.SIGUSR2: "the daemon stopped"}
+_LOCKED_COMMANDS = ("ADD", "DEL", "CHECK")
+
+
+class Workers:
+    """The daemon's handle on its worker host."""
+
+    def __init__(self, drain_timeout: float):
+        self.drain_timeout = drain_timeout
+        self.channel = None
+        self.pid = None
+
+    def start(self):
+        """Fork the worker host. Call before the daemon starts any thread."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ours.close()
+                code = _Host(theirs, parent, self.drain_timeout).run()
+            except BaseException:
+                LOG.exception("worker host failed")
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.channel, self.pid = ours, pid
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def submit(self, conn: socket.socket, number: int):
+        self.channel.sendmsg([b"call %d" % number], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes([conn.fileno()]))])
+
+    def finished(self) -> list[int] | None:
+        """Numbers of the calls that ended since the last look; None when the worker host is gone."""
+        try:
+            message = self.channel.recv(256, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return []
+        except OSError:
+            return None
+        if not message:
+            return None
+        kind, _, number = message.partition(b" ")
+        return [int(number)] if kind == b"done" else []
+
+    def stop(self) -> bool:
+        """No more calls; wait (bounded) until those running have ended. Whether they all did."""
+        self.channel.close()
+        deadline = time.monotonic() + self.drain_timeout + 5
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status) == 0
+            time.sleep(0.02)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        return False
+
+
+def _fd_bytes(fds) -> bytes:
+    return b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+
+
+def _die_with_parent(signum: int, parent: int):
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent:      # it died before the line above
+        os.kill(os.getpid(), signum)
+
+
+def _received_fds(ancdata) -> list[int]:
+    fds = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds += [int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4)]
+    return fds
+
+
+class _Host:
+    """The worker host: warm, single-threaded, forks one process per call."""
+
+    def __init__(self, channel: socket.socket, parent: int, drain_timeout: float):
+        self.channel = channel
+        self.parent = parent
+        self.drain_timeout = drain_timeout
+        self.calls = {}                 # pid -> call number
+        self.plugins = {}
+
+    def run(self) -> int:
+        _die_with_parent(signal.SIGKILL, self.parent)
+        for signum in (signal.SIGINT, signal.SIGTERM):   # the daemon decides when we stop: it closes the channel
+            signal.signal(signum, signal.SIG_IGN)
+        warm_up(self.plugins)
+        self.locks = os.memfd_create("podplumb-attachment-locks")
+        self.own_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.channel, selectors.EVENT_READ)
+            selector.register(wake_r, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                    self._reap()
+                if self.channel in ready and not self._take_call():
+                    break
+            deadline = time.monotonic() + self.drain_timeout
+            selector.unregister(self.channel)
+            while self.calls and time.monotonic() < deadline:
+                selector.select(max(0.0, deadline - time.monotonic()))
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                self._reap()
+        return 1 if self.calls else 0
+
+    def _take_call(self) -> bool:
+        """Fork a process for the next connection; False once the daemon closed the channel."""
+        try:
+            message, ancdata, _, _ = self.channel.recvmsg(64, socket.CMSG_SPACE(4))
+        except OSError:
+            return False
+        fds = _received_fds(ancdata)
+        if not message:
+            for fd in fds:
+                os.close(fd)
+            return False
+        number = int(message.split()[1])
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            self._report(number)
+            return True
+        host = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _die_with_parent(signal.SIGUSR2, host)
+                Call(socket.socket(fileno=fds[0]), number, self.plugins, self.locks, self.own_root).run()
+            except BaseException:
+                LOG.exception("call %d: failed", number)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(fds[0])
+        self.calls[pid] = number
+        return True
+
+    def _reap(self):
+        while self.calls:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            number = self.calls.pop(pid, None)
+            if number is not None:
+                self._report(number)
+
+    def _report(self, number: int):
+        with contextlib.suppress(OSError):
+            self.channel.send(b"done %d" % number)
+
+
+def warm_up(plugins: dict):
+    """Import every plugin we may serve, and pyroute2, so that no call pays for it."""
+    started = time.monotonic()
+    for name, module in PLUGINS.items():
+        try:
+            plugins[module] = skel.load_plugin(module)
+        except ImportError as e:
+            LOG.info("plugin %s not available here: %s", name, e)
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:         # loads the message classes a first call would otherwise load
+        ipr.get_links()
+        ipr.get_addr()
+        ipr.get_routes()
+    LOG.info("warm in %.2fs: %s", time.monotonic() - started,
+             ", ".join(name for name, module in PLUGINS.items() if module in plugins))
+
+
+class Abandoned(BaseException):
+    """Raised in a call's process to stop it: no plugin code catches it, every Rollback undoes."""
+
+
+class RequestTooLarge(Exception):
+    pass
+
+
+class Call:
+    """One CNI call, in its own process."""
+
+    def __init__(self, conn: socket.socket, number: int, plugins: dict, locks: int, own_root: int):
+        self.conn = conn
+        self.number = number
+        self.plugins = plugins
+        self.locks = locks
+        self.own_root = own_root
+
+    def run(self):
+        try:
+            fields, fds = receive_request(self.conn, time.monotonic() + READ_TIMEOUT)
+        except RequestTooLarge as e:
+            self._reply(*client.error_reply(b"", DECODE_FAILURE, "the request to the node daemon is too large", str(e)))
+            return
+        except (OSError, client.FrameError) as e:
+            LOG.info("call %d: no request (%s): the caller went away", self.number, e)
+            return
+        try:
+            module, env, stdin = parse_request(fields)
+        except ValueError as e:
+            LOG.warning("call %d: bad request: %s", self.number, e)
+            return
+        try:
+            if len(fds) != len(client.CALLER_NAMESPACES):
+                for fd in fds:
+                    os.close(fd)
+                fds = []
+                fds = caller.open_by_pid(caller.peer_pid(self.conn))
+            caller.enter(*fds, self.own_root)
+        except caller.CallerUnreachable as e:
+            LOG.warning("call %d: %s", self.number, e)
+            self._reply(*client.error_reply(stdin, INVALID_ENVIRONMENT, "the node daemon cannot work where its "
+                                            "caller is", str(e)))
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._serve(module, env, stdin)
+
+    def _serve(self, module: str, env: dict, stdin: bytes):
+        command = env.get("CNI_COMMAND", "")
+        budget = client.request_timeout(env) * 0.9
+        started = time.monotonic()
+        guard = Guard(self.conn, budget, interrupt_on_hangup=command == "ADD")
+        try:
+            with guard, attachment_lock(self.locks, attachment(env, stdin)):
+                try:
+                    with request_logs(env) as captured:
+                        stdout, code = serve(self.plugins, module, env, stdin)
+                    guard.check()
+                except Abandoned as e:
+                    guard.disarm()
+                    self._abandoned(module, env, stdin, str(e), started)
+                    return
+                guard.disarm()
+                self._log(module, env, code, started)
+                answered = self._reply(stdout, code, captured.getvalue().encode(errors="replace"))
+                if command == "ADD" and code == 0 and not answered:
+                    LOG.info("call %d: the caller left before the ADD's answer: rolling it back", self.number)
+                    self._undo(module, env, stdin)
+        except Abandoned as e:       # while waiting for the attachment's lock: nothing was done
+            LOG.info("call %d: %s %s abandoned before it started: %s", self.number, _name(module), command, e)
+            self._reply(*_try_again(stdin, f"the call was abandoned before it started: {e}"))
+
+    def _abandoned(self, module: str, env: dict, stdin: bytes, reason: str, started: float):
+        command = env.get("CNI_COMMAND", "")
+        if command == "ADD":
+            self._undo(module, env, stdin)
+            what = "rolled back"
+        else:
+            what = "stopped"
+        LOG.info("call %d: %s %s container=%s ifname=%s %s after %.3fs: %s", self.number, _name(module), command,
+                 env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"), what, time.monotonic() - started, reason)
+        self._reply(*_try_again(stdin, f"the node daemon {what} the call: {reason}"))
+
+    def _undo(self, module: str, env: dict, stdin: bytes):
+        """DEL of what an abandoned ADD may have made (DEL is idempotent), killed if it hangs."""
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, UNDO_TIMEOUT)
+        with request_logs(env):
+            stdout, code = serve(self.plugins, module, dict(env, CNI_COMMAND="DEL"), stdin)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if code:
+            LOG.warning("call %d: the DEL rolling back an abandoned ADD failed: %s", self.number,
+                        stdout.decode(errors="replace").strip())
+
+    def _log(self, module: str, env: dict, code: int, started: float):
+        LOG.info("call %d: %s %s container=%s ifname=%s -> exit %d in %.3fs", self.number, _name(module),
+                 env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"),
+                 code, time.monotonic() - started)
+
+    def _reply(self, stdout: bytes, code: int, stderr: bytes = b"") -> bool:
+        """Answer the caller; whether it got the answer."""
+        try:
+            self.conn.settimeout(WRITE_TIMEOUT)
+            client.send_message(self.conn, [str(code).encode(), stdout, stderr])
+            return True
+        except OSError as e:
+            LOG.info("call %d: the caller left before the answer (%s)", self.number, e)
+            return False
+
+
+def _name(module: str) -> str:
+    return NAMES.get(module, repr(module))
+
+
+def _try_again(stdin: bytes, details: str) -> tuple[bytes, int]:
+    return client.error_reply(stdin, TRY_AGAIN_LATER, "the podplumb node daemon did not complete the call; "
+                              "try again later", details)
+
+
+class Guard:
+    """Interrupts the call's process (raises Abandoned in it) when the call runs out of time, the daemon
+    dies, or, with `interrupt_on_hangup`, the caller hangs up; notes a hang-up in any case."""
+
+    def __init__(self, conn: socket.socket, budget: float, interrupt_on_hangup: bool):
+        self.conn = conn
+        self.budget = budget
+        self.interrupt_on_hangup = interrupt_on_hangup
+        self.armed = False
+        self.gone = False
+
+    def __enter__(self):
+        for signum in _INTERRUPTS:
+            signal.signal(signum, self._interrupt)
+        self.armed = True
+        signal.setitimer(signal.ITIMER_REAL, self.budget)
+        # The watcher blocks the signals (it inherits the mask): they interrupt the call's own thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+        try:
+            threading.Thread(target=self._watch, daemon=True, name="hangup-watch").start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
+        return self
+
+    def __exit__(self, *exc):
+        self.disarm()
+        return False
+
+    def disarm(self):
+        self.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def check(self):
+        """Raise Abandoned if the caller of an ADD hung up after it was too late to interrupt."""
+        if self.gone and self.interrupt_on_hangup:
+            self.armed = False
+            raise Abandoned(_INTERRUPTS[signal.SIGUSR1])
+
+    def _interrupt(self, signum, frame):
+        if self.armed:
+            self.armed = False
+            raise Abandoned(_INTERRUPTS[signum] if signum != signal.SIGALRM
+                            else f"it ran out of time ({self.budget:.1f}s)")
+
+    def _watch(self):
+        poller = select.poll()
+        poller.register(self.conn.fileno(), select.POLLRDHUP)
+        while not poller.poll():
+            pass
+        self.gone = True
+        if self.interrupt_on_hangup:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+
+def attachment(env: dict, stdin: bytes) -> str | None:
+    """The (network, container ID, ifname) a call acts on, or None when it names none."""
+    if env.get("CNI_COMMAND") not in _LOCKED_COMMANDS or len(stdin) > client.MAX_CONFIG_BYTES:
+        return None
+    try:
+        name = json.loads(stdin).get("name")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(name, str):
+        return None
+    return f"{name}\0{env.get('CNI_CONTAINERID', '')}\0{env.get('CNI_IFNAME', '')}"
+
+
+@contextlib.contextmanager
+def attachment_lock(locks: int, key: str | None):
+    """One call at a time per attachment: a POSIX lock on one byte of a file shared by every call
+    process, at an offset derived from the key (released by the kernel if the process dies)."""
+    if key is None:
+        yield
+        return
+    offset = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 2
+    fcntl.lockf(locks, fcntl.LOCK_EX, 1, offset)
+    try:
+        yield
+    finally:
+        fcntl.lockf(locks, fcntl.LOCK_UN, 1, offset)
+
+
+def receive_request(conn: socket.socket, deadline: float) -> tuple[list[bytes], list[int]]:
+    """The request's fields, and the file descriptors that came with it (caller's namespaces)."""
+    conn.settimeout(max(0.001, deadline - time.monotonic()))
+    data, ancdata, flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * len(client.CALLER_NAMESPACES)))
+    fds = _received_fds(ancdata)
+    try:
+        if flags & socket.MSG_CTRUNC:
+            raise client.FrameError("more file descriptors than the caller's namespaces")
+        if not data:
+            raise client.FrameError("connection closed")
+        while len(data) < 4:
+            data += client._recv_exactly(conn, 4 - len(data), deadline)
+        size = int.from_bytes(data[:4], "big")
+        if size > client.MAX_REQUEST:
+            raise RequestTooLarge(f"{size} bytes; at most {client.MAX_CONFIG_BYTES} bytes of network config "
+                                  f"and {client.MAX_ENV_BYTES} bytes of environment")
+        payload = data[4:]
+        if len(payload) > size:
+            raise client.FrameError("more bytes than the frame announced")
+        payload += client._recv_exactly(conn, size - len(payload), deadline)
+        return client.decode(payload), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def parse_request(fields: list) -> tuple[str, dict, bytes]:
+    """[module, stdin, key1, value1, ...] -> (module, env, stdin)."""
+    if len(fields) < 2 or len(fields) % 2:
+        raise ValueError(f"a request has module, stdin and key/value pairs; got {len(fields)} fields")
+    names = [os.fsdecode(f) for f in fields[2:]]
+    return fields[0].decode(), dict(zip(names[::2], names[1::2])), fields[1]
+
+
+def serve(plugins: dict, module: str, env: dict, stdin: bytes) -> tuple[bytes, int]:
+    """One CNI call, exactly as the standalone executable would answer it."""
+    if module not in NAMES:
+        return _refuse(stdin, f"the podplumb daemon does not serve {module!r}",
+                       f"known plugins: {', '.join(sorted(PLUGINS))}")
+    plugin = plugins.get(module)
+    if plugin is None:
+        try:
+            plugin = plugins[module] = skel.load_plugin(module)
+        except ImportError as e:
+            return _refuse(stdin, f"plugin module {module!r} is not installed with the daemon", str(e))
+    return skel.run(plugin, env, stdin)
+
+
+def _refuse(stdin: bytes, msg: str, details: str) -> tuple[bytes, int]:
+    LOG.warning("%s", msg)
+    return client.error_reply(stdin, INVALID_ENVIRONMENT, msg, details)
+
+
+@contextlib.contextmanager
+def request_logs(env: dict):
+    """Capture this thread's podplumb logs for one call: what the standalone executable would print on
+    stderr (at the call's PODPLUMB_LOG_LEVEL), and PODPLUMB_LOG_FILE when the call names one."""
+    ident = threading.get_ident()
+    root = logging.getLogger("podplumb")
+    captured = io.StringIO()
+    handlers = [logging.StreamHandler(captured)]
+    handlers[0].setLevel(log.level(env.get("PODPLUMB_LOG_LEVEL", "WARNING")))
+    if env.get("PODPLUMB_LOG_FILE"):
+        try:
+            handlers.append(logging.FileHandler(env["PODPLUMB_LOG_FILE"]))
+            handlers[-1].setLevel(logging.INFO)
+        except OSError as e:
+            LOG.warning("cannot open log file %s: %s", env["PODPLUMB_LOG_FILE"], e)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(log.FORMAT))
+        handler.addFilter(lambda record: record.thread == ident)
+        root.addHandler(handler)
+    try:
+        yield captured
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
