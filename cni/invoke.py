@@ -28,7 +28,8 @@ def find(name: str, path) -> str:
 
 
 def our_module(executable: str) -> str | None:
-    """The module behind one of our launchers, or None for anybody else's executable."""
+    """The module behind one of our launchers, or None for anybody else's executable. A compiled
+    executable is ours when the Python launcher installed beside it (`<name>.py`) is."""
     try:
         with open(executable, "rb") as f:
             head = f.read(1024)
@@ -37,6 +38,8 @@ def our_module(executable: str) -> str | None:
     for line in head.splitlines():
         if line.startswith(MARKER):
             return line[len(MARKER):].decode().strip()
+    if head.startswith(b"\x7fELF") and not executable.endswith(".py"):
+        return our_module(executable + ".py")
     return None
 
 

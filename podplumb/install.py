@@ -1,8 +1,17 @@
-"""`podplumb install`: write small executables into a CNI bin dir, one per plugin."""
+"""`podplumb install`: write small executables into a CNI bin dir, one per plugin.
+
+Without a daemon socket each executable is the Python launcher. With one, each is the native thin
+client (podplumb/native/cni-client.c, compiled here with the system C compiler) and the Python
+launcher goes beside it as `<name>.py`, for the client to exec when no daemon answers; without a C
+compiler the Python launcher is installed as `<name>`, which asks the daemon itself.
+"""
 
 import os
+import shutil
+import subprocess
 import sys
 import sysconfig
+import tempfile
 
 from cni.invoke import MARKER   # how cni.invoke recognises our executables
 
@@ -18,6 +27,10 @@ PLUGINS = {
     "macvlan": "plugins.macvlan.plugin:PLUGIN",
 }
 
+CLIENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "cni-client.c")
+LAUNCHER_SUFFIX = ".py"
+COMPILE_TIMEOUT = 120
+
 _TEMPLATE = """#!{python} -IS
 {marker}{module}
 import sys
@@ -27,8 +40,21 @@ sys.exit(main({module!r}, {socket!r}, {site_dir!r}))
 """
 
 
-def install(bin_dir: str, daemon_socket: str | None = None, python: str = sys.executable) -> list[str]:
+class NoCompiler(Exception):
+    pass
+
+
+def install(bin_dir: str, daemon_socket: str | None = None, python: str = sys.executable,
+            native: bool = True) -> list[str]:
+    """Write the executables; with `daemon_socket` and `native`, the compiled client (if a compiler is
+    here: else the Python launcher, and a line on stderr saying so)."""
     os.makedirs(bin_dir, exist_ok=True)
+    client = None
+    if daemon_socket and native:
+        try:
+            client = compile_client(daemon_socket)
+        except NoCompiler as e:
+            sys.stderr.write(f"podplumb install: {e}; installing the Python launcher instead\n")
     # Where our packages are (this checkout for an editable install, else site-packages), and the
     # site-packages dir whose .pth files and third-party packages a plugin run in-process needs.
     code_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,11 +62,46 @@ def install(bin_dir: str, daemon_socket: str | None = None, python: str = sys.ex
     written = []
     for name, module in PLUGINS.items():
         path = os.path.join(bin_dir, name)
-        temp = f"{path}.podplumb-tmp"
-        with open(temp, "w") as f:
-            f.write(_TEMPLATE.format(python=python, marker=MARKER.decode(), module=module, socket=daemon_socket,
-                                     code_root=code_root, site_dir=site_dir))
-        os.chmod(temp, 0o755)
-        os.replace(temp, path)   # atomic: a runtime never runs a half-written file
+        launcher = _TEMPLATE.format(python=python, marker=MARKER.decode(), module=module, code_root=code_root,
+                                    site_dir=site_dir, socket=None if client else daemon_socket)
+        if client:      # the launcher first: the client execs it
+            _write(path + LAUNCHER_SUFFIX, launcher.encode())
+            _write(path, client)
+        else:
+            _write(path, launcher.encode())
+            _remove(path + LAUNCHER_SUFFIX)   # a native client's launcher from an earlier install
         written.append(path)
     return written
+
+
+def _write(path: str, content: bytes):
+    temp = f"{path}.podplumb-tmp"
+    with open(temp, "wb") as f:
+        f.write(content)
+    os.chmod(temp, 0o755)
+    os.replace(temp, path)   # atomic: a runtime never runs a half-written file
+
+
+def _remove(path: str):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def compile_client(daemon_socket: str) -> bytes:
+    """The native client for `daemon_socket`, compiled; NoCompiler when there is no C compiler."""
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc"]
+    compiler = next(filter(None, map(shutil.which, names)), None)
+    if not compiler:
+        raise NoCompiler(f"no C compiler ({' or '.join(names)}) found")
+    if not daemon_socket.isprintable() or any(c in daemon_socket for c in '"\\') or not daemon_socket.isascii():
+        raise NoCompiler(f"the socket path {daemon_socket!r} cannot be compiled into the native client")
+    with tempfile.TemporaryDirectory(prefix="podplumb-cc-") as work:
+        output = os.path.join(work, "cni-client")
+        proc = subprocess.run([compiler, "-O2", "-o", output, f'-DPODPLUMB_SOCKET="{daemon_socket}"', CLIENT_SOURCE],
+                              capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+        if proc.returncode != 0:
+            raise NoCompiler(f"{compiler} could not build the native client: {proc.stderr.strip()[-500:]}")
+        with open(output, "rb") as f:
+            return f.read()

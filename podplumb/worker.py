@@ -466,11 +466,13 @@ def receive_request(conn: socket.socket, deadline: float) -> tuple[list[bytes], 
 
 
 def parse_request(fields: list) -> tuple[str, dict, bytes]:
-    """[module, stdin, key1, value1, ...] -> (module, env, stdin)."""
+    """[module or executable name, stdin, key1, value1, ...] -> (module, env, stdin). The native client
+    sends its executable's name, the Python launcher its module."""
     if len(fields) < 2 or len(fields) % 2:
         raise ValueError(f"a request has module, stdin and key/value pairs; got {len(fields)} fields")
     names = [os.fsdecode(f) for f in fields[2:]]
-    return fields[0].decode(), dict(zip(names[::2], names[1::2])), fields[1]
+    module = fields[0].decode(errors="replace")
+    return PLUGINS.get(module, module), dict(zip(names[::2], names[1::2])), fields[1]
 
 
 def serve(plugins: dict, module: str, env: dict, stdin: bytes) -> tuple[bytes, int]:
