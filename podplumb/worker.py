@@ -9,7 +9,7 @@ plugin and pyroute2 once and stays single-threaded; for each connection the daem
 - runs the plugin exactly as the standalone executable would, answers, and exits.
 Calls run in parallel on every CPU, and nothing a call does outlives it in the daemon.
 
-A call is bounded in time (a little under the caller's own timeout). An ADD whose caller went away,
+A call is bounded in time (under the caller's own timeout, leaving room for a rollback). An ADD whose caller went away,
 ran out of time, or whose daemon died is interrupted, rolled back (its undo steps, then a DEL of the
 same attachment, still under the lock) and answered with code 11 if anyone still listens. Other
 commands run to their end when the caller leaves; their answer is dropped quietly.
@@ -286,7 +286,7 @@ class Call:
 
     def _serve(self, module: str, env: dict, stdin: bytes):
         command = env.get("CNI_COMMAND", "")
-        budget = client.request_timeout(env) * 0.9
+        budget = call_budget(client.request_timeout(env))
         started = time.monotonic()
         guard = Guard(self.conn, budget, interrupt_on_hangup=command == "ADD")
         try:
@@ -345,6 +345,12 @@ class Call:
         except OSError as e:
             LOG.info("call %d: the caller left before the answer (%s)", self.number, e)
             return False
+
+
+def call_budget(caller_timeout: float) -> float:
+    """A call's time in the daemon: short enough that its rollback and answer reach the caller before
+    the caller gives up."""
+    return max(caller_timeout / 2, caller_timeout - 10)
 
 
 def _name(module: str) -> str:
