@@ -25,6 +25,7 @@ PLUGINS = {
     "tuning": "plugins.tuning.plugin:PLUGIN",
     "sbr": "plugins.sbr.plugin:PLUGIN",
     "macvlan": "plugins.macvlan.plugin:PLUGIN",
+    "bandwidth": "plugins.bandwidth.plugin:PLUGIN",
 }
 
 CLIENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "cni-client.c")

@@ -1,1 +1,1 @@
-"""The bandwidth plugin (being written)."""
+"""bandwidth: tc shaping of a pod's traffic both ways, chained after a main plugin."""
