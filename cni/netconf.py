@@ -31,7 +31,7 @@ IPAM = {
 
 # runtimeConfig, one entry per capability (containerd's CNI library sends its Go field names).
 PORT_MAPPING = _fields("hostPort", "containerPort", "protocol", "hostIP")
-BANDWIDTH = _fields("ingressRate", "ingressBurst", "egressRate", "egressBurst")
+BANDWIDTH = _fields("ingressRate", "ingressBurst", "egressRate", "egressBurst", "shapedSubnets", "unshapedSubnets")
 RUNTIME_DNS = _fields("servers", "searches", "options", "domain")
 RUNTIME_CONFIG = {
     **_fields("ips", "mac", "infinibandGUID", "deviceID", "aliases", "cgroupPath"),

@@ -4,13 +4,13 @@ import dataclasses
 import ipaddress
 import logging
 
-from cni import keys, limits
+from cni import limits, netconf
 from cni.errors import config_error
 from cni.skel import Request
 
 LOG = logging.getLogger("podplumb")
 
-FIELDS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst", "shapedSubnets", "unshapedSubnets")
+FIELDS = netconf.BANDWIDTH      # the same keys in the plugin's section and in runtimeConfig.bandwidth
 MAX_BURST_BITS = 8 * (2**32 - 1)     # the kernel keeps a bucket's size in 32 bits of bytes
 MAX_RATE_BITS = 8 * (2**32 - 1)      # and a tbf's rate in 32 bits of bytes per second
 MAX_SUBNETS = 256
@@ -35,12 +35,12 @@ class Config:
 
 
 def load(request: Request) -> Config:
-    entry = keys.canonical(request.config, FIELDS)
-    runtime = keys.canonical(request.runtime_config(), ("bandwidth",)).get("bandwidth")
+    entry = request.config
+    runtime = request.runtime_config().get("bandwidth")
     if runtime is not None:
         if not isinstance(runtime, dict):
             raise config_error("bandwidth: runtimeConfig.bandwidth must be an object", f"got {runtime!r}")
-        entry = keys.canonical(runtime, FIELDS)
+        entry = runtime
     ingress = _direction(entry, "ingress")
     egress = _direction(entry, "egress")
     shaped, unshaped = _subnets(entry, "shapedSubnets"), _subnets(entry, "unshapedSubnets")

@@ -130,4 +130,5 @@ def _host_link(host: netlink.Namespace, request: skel.Request) -> netlink.Link:
     return port
 
 
-PLUGIN = skel.Plugin(name="bandwidth", add=add, delete=delete, check=check, status=status, gc=gc)
+PLUGIN = skel.Plugin(name="bandwidth", add=add, delete=delete, check=check, status=status, gc=gc,
+                     config_fields=configs.FIELDS)

@@ -4,16 +4,15 @@ addresses (prevResult's, else the interface's)."""
 
 import ipaddress
 
-from cni import chained, fields, keys, netlink, policy_routing as pr, skel
+from cni import chained, fields, netlink, policy_routing as pr, skel
 from cni.errors import CHECK_FAILED, CNIError, UNKNOWN_CONTAINER, config_error
 from cni.rollback import Rollback
 
 
 def _table(request: skel.Request) -> int | None:
-    raw = keys.canonical(request.config, ("table",))
-    if raw.get("table") is None:
+    if request.config.get("table") is None:
         return None
-    return fields.integer(raw, "table", None, 1, 2**32 - 1)
+    return fields.integer(request.config, "table", None, 1, 2**32 - 1)
 
 
 def add(request: skel.Request) -> dict:
@@ -138,4 +137,5 @@ def _link_local(route: pr.Route) -> bool:
     return route.family == 6 and ipaddress.ip_network(route.dst).is_link_local
 
 
-PLUGIN = skel.Plugin(name="sbr", add=add, delete=delete, check=check, status=status, gc=gc)
+PLUGIN = skel.Plugin(name="sbr", add=add, delete=delete, check=check, status=status, gc=gc,
+                     config_fields={"table": None})

@@ -3,7 +3,7 @@
 import dataclasses
 import re
 
-from cni import fields, keys
+from cni import fields
 from cni.errors import config_error
 from cni.skel import Request
 
@@ -11,7 +11,7 @@ DEFAULT_DATA_DIR = "/run/podplumb/tuning"
 MAX_SYSCTLS = 256
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 _SYSCTL_KEY = re.compile(r"net\.[A-Za-z0-9_.\-]+")
-_FIELDS = ("sysctl", "mac", "mtu", "promisc", "allmulti", "txQLen", "dataDir")
+FIELDS = dict.fromkeys(("sysctl", "mac", "mtu", "promisc", "allmulti", "txQLen", "dataDir"))   # sysctl: keys are data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,9 +22,9 @@ class Config:
 
 
 def load(request: Request) -> Config:
-    raw = keys.canonical(request.config, _FIELDS)
+    raw = request.config
     link = {}
-    mac = keys.canonical(request.runtime_config(), ("mac",)).get("mac") or raw.get("mac")
+    mac = request.runtime_config().get("mac") or raw.get("mac")
     if mac is not None:
         if not isinstance(mac, str) or not _MAC.fullmatch(mac):
             raise config_error(f"tuning: invalid mac {mac!r}", "expected six hex bytes separated by ':'")

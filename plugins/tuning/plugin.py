@@ -156,4 +156,5 @@ def _with_mac(prev: dict, ifname: str, mac: str) -> dict:
     return out
 
 
-PLUGIN = skel.Plugin(name="tuning", add=add, delete=delete, check=check, status=status, gc=gc)
+PLUGIN = skel.Plugin(name="tuning", add=add, delete=delete, check=check, status=status, gc=gc,
+                     config_fields=configs.FIELDS)

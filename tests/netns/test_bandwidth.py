@@ -55,8 +55,8 @@ def iperf(client_ns, server_ns, server_ip, reverse=False) -> float:
 def test_rate_holds_both_ways_and_del_removes_everything(cni_bin, host_ns, netns, data_dir):
     net = Network(chain(data_dir, BANDWIDTH, subnet6=None), cni_bin, host_ns=host_ns)
     pod = netns("pod")
-    result = net.add("ctr", kernel.netns_path(pod), capability_args={"bandwidth": LIMITS})
-    veth = host_veth(result)
+    go_names = {k[0].upper() + k[1:]: v for k, v in LIMITS.items()}   # as containerd sends them
+    result = net.add("ctr", kernel.netns_path(pod), capability_args={"bandwidth": go_names})
     [ifb] = ifbs(host_ns)
     assert ifb.startswith("bwp") and any(i["name"] == ifb for i in result["interfaces"])
     gateway = result["ips"][0]["gateway"]
