@@ -10,6 +10,7 @@ import uuid
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{32}\Z")
 SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{32}\Z")
+EPHEMERAL_ID = re.compile(r"^eph-[0-9a-f]{32}\Z")
 
 SUFFIX = {"bind": "", "loop": ".img"}
 
@@ -20,6 +21,14 @@ def new_volume_id():
 
 def new_snapshot_id():
     return "snap-" + uuid.uuid4().hex
+
+
+def new_ephemeral_id():
+    return "eph-" + uuid.uuid4().hex
+
+
+def is_ephemeral_id(value):
+    return bool(EPHEMERAL_ID.match(value))
 
 
 def is_volume_id(value):
@@ -44,9 +53,10 @@ class Layout:
         self.volumes = os.path.join(self.root, "volumes")
         self.snapshots = os.path.join(self.root, "snapshots")
         self.tmp = os.path.join(self.root, "tmp")
+        self.ephemeral_dir = os.path.join(self.root, "ephemeral")
 
     def create(self):
-        for d in (self.root, self.volumes, self.snapshots, self.tmp):
+        for d in (self.root, self.volumes, self.snapshots, self.tmp, self.ephemeral_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
 
     def volume(self, volume_id, kind):
@@ -58,6 +68,12 @@ class Layout:
         if not is_snapshot_id(snapshot_id):
             raise ValueError(f"not a snapshot ID: {snapshot_id!r}")
         return os.path.join(self.snapshots, snapshot_id + SUFFIX[kind])
+
+    def ephemeral(self, local_id, kind):
+        """Where an inline volume's directory (bind) or backing file (loop) lives."""
+        if not is_ephemeral_id(local_id):
+            raise ValueError(f"not an ephemeral ID: {local_id!r}")
+        return os.path.join(self.ephemeral_dir, local_id + SUFFIX.get(kind, ""))
 
     def scratch(self, name):
         """A path in tmp/ for work in progress; name is one of our IDs."""

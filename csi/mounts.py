@@ -75,6 +75,13 @@ def is_mountpoint(path):
     return any(e.mountpoint == real for e in mountinfo())
 
 
+def fs_type_at(path):
+    """File system type of the topmost mount at path, or "" when none is there."""
+    real = os.path.realpath(path)
+    found = [e.fstype for e in mountinfo() if e.mountpoint == real]
+    return found[-1] if found else ""
+
+
 def mounts_under(directory):
     """Mount points at or below directory, deepest first."""
     real = os.path.realpath(directory)

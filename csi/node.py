@@ -9,7 +9,7 @@ import json
 import logging
 import os
 
-from csi import checks, mounts, targets
+from csi import checks, ephemeral, mounts, targets
 from csi.backends import BACKENDS, gluster
 from csi.driver import get_volume, volume_condition
 from csi.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
@@ -137,6 +137,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return targets.check_location(checks.path(value, what), what, config.kubelet_dir,
                                       config.state_dir)
 
+    def _ephemeral(self, volume_id):
+        """The record of an inline volume, or None."""
+        with self.driver.store.transaction() as tx:
+            return tx.ephemeral(volume_id)
+
     def _known(self, volume_id, volume_context=None):
         """NOT_FOUND unless volume_id is recorded or learnable: checked before the
         paths, so that an unknown volume is NOT_FOUND whatever the paths are."""
@@ -208,6 +213,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @rpc("volume_id", "target_path", "volume_capability")
     def NodePublishVolume(self, request, context):
+        if ephemeral.requested(request.volume_context):
+            target = self._path(request.target_path, "target_path")
+            ephemeral.publish(self.driver, ephemeral.parse(
+                request.volume_id, target, request.volume_capability, request.readonly,
+                request.volume_context))
+            return csi_pb2.NodePublishVolumeResponse()
         self._known(request.volume_id, request.volume_context)
         target = self._path(request.target_path, "target_path")
         if not request.staging_target_path:
@@ -255,6 +266,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @rpc("volume_id", "target_path")
     def NodeUnpublishVolume(self, request, context):
+        inline = self._ephemeral(request.volume_id)
+        if inline:
+            ephemeral.unpublish(self.driver, inline,
+                                checks.path(request.target_path, "target_path"))
+            return csi_pb2.NodeUnpublishVolumeResponse()
         vol = self._volume(request.volume_id)
         target = checks.path(request.target_path, "target_path")
         with self.driver.busy.hold(vol.id):
@@ -285,12 +301,19 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc("volume_id", "volume_path")
     def NodeGetVolumeStats(self, request, context):
         path = request.volume_path
-        vol = self._volume(request.volume_id)
-        access, stage, pubs = self._access_at(vol, path)
-        problem = self.driver.problem(vol, stage, pubs)
-        if not problem and not mounts.is_mountpoint(path) and not (
-                access == "block" and stage and stage.path == path):
-            problem = f"{path} is not mounted"
+        inline = self._ephemeral(request.volume_id)
+        if inline:
+            if path != inline.target or not os.path.exists(path):
+                raise NotFound(f"{path} is not the target of inline volume {inline.volume_id}")
+            access, stage = "mount", None
+            problem = "" if mounts.is_mountpoint(path) else f"{path} is not mounted"
+        else:
+            vol = self._volume(request.volume_id)
+            access, stage, pubs = self._access_at(vol, path)
+            problem = self.driver.problem(vol, stage, pubs)
+            if not problem and not mounts.is_mountpoint(path) and not (
+                    access == "block" and stage and stage.path == path):
+                problem = f"{path} is not mounted"
         if access == "block":
             if stage and stage.path == path:
                 total = vol.size
@@ -311,6 +334,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @rpc("volume_id", "volume_path")
     def NodeExpandVolume(self, request, context):
+        if self._ephemeral(request.volume_id):
+            raise FailedPrecondition("inline volumes keep the size they were published with")
         vol = self._volume(request.volume_id)
         path = request.volume_path
         required, _ = checks.capacity(request.capacity_range)

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 
-from csi import layout, mounts
+from csi import ephemeral, layout, mounts
 from csi.backends import BACKENDS
 from csi.node import ensure_published, ensure_staged
 
@@ -34,6 +34,7 @@ def reconcile(driver):
         publications = tx.publications()
     for pub in publications:
         _republish(driver, volumes[pub.volume_id], stages.get(pub.volume_id), pub)
+    ephemeral.reconcile(driver)
 
 
 def _clear_tmp(driver):

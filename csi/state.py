@@ -1,4 +1,5 @@
-"""The driver's only record: volumes, snapshots, stagings, publications, in SQLite.
+"""The driver's only record: volumes, snapshots, stagings, publications,
+ephemeral inline volumes, in SQLite.
 
 Each change is committed in one transaction (`Store.transaction()`), so a
 crash leaves either the old or the new state, never half of one. This layer
@@ -36,6 +37,17 @@ CREATE TABLE IF NOT EXISTS stages (
     path TEXT NOT NULL,
     access TEXT NOT NULL,               -- mount | block
     capability TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ephemerals (
+    volume_id TEXT PRIMARY KEY,         -- the CO's (kubelet: csi-<hash>); never a path
+    local_id TEXT NOT NULL UNIQUE,      -- eph-<hex>: names what the driver made for it
+    target TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,                 -- bind | loop | tmpfs
+    fs_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    readonly INTEGER NOT NULL,
+    capability TEXT NOT NULL,
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS publications (
     target TEXT PRIMARY KEY,
@@ -88,6 +100,20 @@ class Stage:
     path: str
     access: str
     capability: str
+
+
+@dataclass(frozen=True)
+class Ephemeral:
+    """An inline volume, published without CreateVolume or staging."""
+    volume_id: str
+    local_id: str
+    target: str
+    kind: str
+    fs_type: str
+    size: int
+    readonly: bool
+    capability: str
+    created: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -210,7 +236,8 @@ class Transaction:
         """Bytes taken from the state dir's capacity (gluster volumes live elsewhere)."""
         (volumes,), = self._rows("SELECT COALESCE(SUM(size), 0) FROM volumes WHERE kind != 'gluster'")
         (snaps,), = self._rows("SELECT COALESCE(SUM(size), 0) FROM snapshots")
-        return volumes + snaps
+        (inline,), = self._rows("SELECT COALESCE(SUM(size), 0) FROM ephemerals WHERE kind != 'tmpfs'")
+        return volumes + snaps + inline
 
     # ------------------------------------------------------------- stages
     def stage(self, volume_id):
@@ -246,6 +273,33 @@ class Transaction:
 
     def delete_publication(self, target):
         self._db.execute("DELETE FROM publications WHERE target = ?", (target,))
+
+    # --------------------------------------------------- ephemeral volumes
+    def ephemeral(self, volume_id):
+        rows = self._rows("SELECT * FROM ephemerals WHERE volume_id = ?", volume_id)
+        return _ephemeral(rows[0]) if rows else None
+
+    def ephemeral_at(self, target):
+        rows = self._rows("SELECT * FROM ephemerals WHERE target = ?", target)
+        return _ephemeral(rows[0]) if rows else None
+
+    def ephemerals(self):
+        return [_ephemeral(r) for r in self._rows("SELECT * FROM ephemerals ORDER BY volume_id")]
+
+    def add_ephemeral(self, eph):
+        self._db.execute("INSERT INTO ephemerals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (eph.volume_id, eph.local_id, eph.target, eph.kind, eph.fs_type,
+                          eph.size, int(eph.readonly), eph.capability,
+                          eph.created or time.time()))
+
+    def delete_ephemeral(self, volume_id):
+        self._db.execute("DELETE FROM ephemerals WHERE volume_id = ?", (volume_id,))
+
+
+def _ephemeral(row):
+    values = list(row)
+    values[6] = bool(values[6])
+    return Ephemeral(*values)
 
 
 def _publication(row):
