@@ -193,7 +193,7 @@ def test_namespaced_objects_in_our_namespace():
     cluster_scoped = {"Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding",
                       "StorageClass", "VolumeSnapshotClass"}
     for fname, doc in DOCS:
-        if fname == "example-pvcs.yaml" or doc["kind"] in cluster_scoped:
+        if fname.startswith("example-") or doc["kind"] in cluster_scoped:
             continue
         assert doc["metadata"].get("namespace") == NAMESPACE, ident((fname, doc))
     assert one("Namespace")["metadata"]["name"] == NAMESPACE
@@ -203,8 +203,9 @@ def test_namespaced_objects_in_our_namespace():
 def test_csidriver_object():
     spec = one("CSIDriver", DRIVER)["spec"]
     assert spec["attachRequired"] is False
-    assert spec["volumeLifecycleModes"] == ["Persistent"]
-    assert spec["podInfoOnMount"] is False
+    assert spec["volumeLifecycleModes"] == ["Persistent", "Ephemeral"]
+    # without pod info kubelet does not mark inline volumes as ephemeral
+    assert spec["podInfoOnMount"] is True
     # capacity tracking is on only if the provisioner publishes capacity
     assert spec["storageCapacity"] == ("enable-capacity" in flags(containers()["csi-provisioner"]))
 
@@ -398,6 +399,13 @@ def test_storage_classes_per_kind():
                             if sc["parameters"]["kind"] == "gluster" else set())
         for key in sc["parameters"]:
             assert key in known or key.startswith("csi.storage.k8s.io/"), key
+
+
+def test_inline_example_uses_the_driver_and_its_kinds():
+    pod = one("Pod", "inline-demo")
+    inline = [v["csi"] for v in pod["spec"]["volumes"] if "csi" in v]
+    assert inline and all(v["driver"] == DRIVER for v in inline)
+    assert {v["volumeAttributes"]["kind"] for v in inline} <= {"bind", "loop", "tmpfs"}
 
 
 def test_examples_reference_existing_classes():
