@@ -2,16 +2,22 @@
 
 import ipaddress
 
+from cni import sysctl
 from cni.errors import CNIError, CHECK_FAILED
 from cni.netlink import Namespace
 
 
 def configure(ns: Namespace, index: int, ips: list, routes: list, dad: bool = False):
-    """Bring the link up, add `ips` (IPv6 with duplicate address detection when `dad`, then wait
-    for it), then `routes`; a route without `gw` goes via its family's IPAM gateway, if any."""
-    ns.set_link(index, state="up")
+    """As the reference's ConfigureIface: `arp_notify=1` when there is an IPv4 address (a gratuitous
+    ARP as the link comes up, so neighbours forget a previous holder of the address), `ips` added
+    (IPv4 with its broadcast; IPv6 with duplicate address detection when `dad`), the link up (then
+    wait for DAD), then `routes`; a route without `gw` goes via its family's IPAM gateway, if any."""
+    if any(ipaddress.ip_interface(ip["address"]).version == 4 for ip in ips):
+        key = f"net/ipv4/conf/{ns.link(index=index).name}/arp_notify"
+        sysctl.write_in(ns.path, key, "1") if ns.path else sysctl.ensure(key, "1")
     for ip in ips:
         ns.add_address(index, ip["address"], nodad=not dad)
+    ns.set_link(index, state="up")
     if dad and any(ipaddress.ip_interface(ip["address"]).version == 6 for ip in ips):
         ns.wait_for_dad(index)
     gateways = {ipaddress.ip_interface(ip["address"]).version: ip.get("gateway") for ip in ips}

@@ -86,3 +86,20 @@ def cni_args(raw: dict) -> dict:
     if not isinstance(cni, dict):
         raise config_error("'args.cni' must be an object", f"got {cni!r}")
     return cni
+
+
+def dns(raw: dict) -> dict | None:
+    """The config's `dns` object (the spec's DNS type: nameservers, domain, search, options), None when absent."""
+    value = raw.get("dns")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise config_error("'dns' must be an object", f"got {value!r}")
+    for key, value_type in (("nameservers", list), ("domain", str), ("search", list), ("options", list)):
+        entry = value.get(key)
+        if entry is None:
+            continue
+        if not isinstance(entry, value_type) or (value_type is list and not all(isinstance(e, str) for e in entry)):
+            kind = "a string" if value_type is str else "a list of strings"
+            raise config_error(f"'dns.{key}' must be {kind}", f"got {entry!r}")
+    return value or None

@@ -193,9 +193,11 @@ class Namespace:
     def add_address(self, index: int, address: str, nodad: bool = True):
         iface = ipaddress.ip_interface(address)
         flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
+        extra = {"flags": flags} if flags else {}
+        if iface.version == 4 and iface.network.prefixlen < 31:   # as `ip addr add ... brd +` and the reference
+            extra["broadcast"] = str(iface.network.broadcast_address)
         try:
-            self.ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                          **({"flags": flags} if flags else {}))
+            self.ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise kernel_error(f"cannot add address {address}", e) from None

@@ -2,7 +2,9 @@
 
 
 def _path(key: str) -> str:
-    return "/proc/sys/" + key.replace(".", "/")
+    """Dotted (net.ipv4.ip_forward) or, when a part such as an interface name may hold a dot,
+    slashed (net/ipv4/conf/eth0.5/arp_notify)."""
+    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
 
 
 def ensure(key: str, value: str):

@@ -57,8 +57,7 @@ def load(request: Request) -> BridgeConfig:
     if values["vlan"] and values["vlan"] in values["vlan_trunk"]:
         raise config_error(f"vlan {values['vlan']} is also in vlanTrunk", "a port's access VLAN cannot be a trunk VLAN")
     values["mac"] = _mac(request)
-    if isinstance(raw.get("dns"), dict):
-        values["dns"] = raw["dns"]
+    values["dns"] = fields.dns(raw)
     values["layer2_only"] = fields.ipam_type(raw) is None
     if values["layer2_only"] and values.get("is_gateway"):
         raise config_error("isGateway needs ipam", "a bridge without IPAM has no gateway address to set")

@@ -18,16 +18,17 @@ def add(request: skel.Request) -> dict:
         if container.link(request.ifname) is not None:
             raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
                            "DEL the earlier attachment first")
+        # The bridge first (as the reference does): a name taken by another kind of link is refused
+        # before IPAM has leased anything.
+        bridge, created = setup.ensure_bridge(host, conf)
+        if created:
+            undo.push("bridge", lambda: _delete_bridge_if_unused(host, conf.bridge))
         ipam = {}
         if not conf.layer2_only:
             ipam = invoke.delegate(request, "ADD")
             undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
         ips = _ip_configs(ipam, conf)
         routes = _routes(ipam, conf, ips)
-
-        bridge, created = setup.ensure_bridge(host, conf)
-        if created:
-            undo.push("bridge", lambda: _delete_bridge_if_unused(host, conf.bridge))
         host_name = setup.create_veth(host, conf, request.netns, request.ifname)
         undo.push("veth", lambda: host.delete_link(host_name))
         port_index = setup.attach_port(host, conf, bridge.index, host_name)

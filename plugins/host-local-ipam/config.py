@@ -51,6 +51,9 @@ def load_location(config: dict) -> Location:
     data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
     if not isinstance(data_dir, str):
         raise config_error("ipam.dataDir must be a string", f"got {data_dir!r}")
+    if not os.path.isabs(data_dir):
+        # Relative to what? The runtime's working directory is nobody's choice.
+        raise config_error(f"ipam.dataDir {data_dir!r} is not an absolute path", "leases need a fixed place")
     return Location(name, data_dir)
 
 

@@ -163,8 +163,9 @@ def check_conflicts(wanted: list[Wanted], listing: nftables.Listing, own_tag: st
             holder = rule.words[1] if len(rule.words) > 1 else "another container"
             where = (f"network {network}" if rule.network_hash == nftables.network_hash(network)
                      else f"another network (hash {rule.network_hash})")
+            # Said once: the holder's own range only when it is more than the port asked for.
             raise CNIError(PORT_CONFLICT, f"host port {clash} is already mapped to {holder} in {where}",
-                           f"{holder} holds {held}")
+                           f"its mapping covers {held}" if str(held) != str(clash) else "")
 
 
 def guard_rule(ifname: str) -> tuple[str, str]:

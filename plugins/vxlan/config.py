@@ -74,6 +74,8 @@ def parse(raw: dict) -> VxlanConfig:
         values["underlay_ip"] = str(_ipv4(raw["underlayIP"], "underlayIP"))
     if raw.get("subnet") is not None:
         values["subnet"] = _ipv4_cidr(raw["subnet"], "subnet")
+    elif raw.get("peers") is not None:
+        values["subnet"] = _ipam_subnet(raw.get("ipam"))
     values["peers"] = _peers(raw.get("peers"), values.get("subnet"))
     state_dir = raw.get("stateDir", DEFAULT_STATE_DIR)
     if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
@@ -100,6 +102,25 @@ def _ipv4_cidr(text, what: str) -> ipaddress.IPv4Network:
     return subnet
 
 
+def _ipam_subnet(ipam) -> ipaddress.IPv4Network | None:
+    """Static mode without `subnet`: this host's subnet is the IPAM's, when the IPAM names exactly one
+    IPv4 subnet (`ipam.subnet` or its `ranges`); None otherwise (and `peers` then asks for `subnet`)."""
+    if not isinstance(ipam, dict):
+        return None
+    texts = [ipam.get("subnet")]
+    for range_set in ipam.get("ranges") if isinstance(ipam.get("ranges"), list) else []:
+        texts += [r.get("subnet") for r in range_set if isinstance(r, dict)] if isinstance(range_set, list) else []
+    subnets = set()
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                subnets.add(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                return None     # host-local names the bad value when it parses the ranges
+    ipv4 = [s for s in subnets if s.version == 4]
+    return _ipv4_cidr(str(ipv4[0]), "ipam subnet") if len(ipv4) == 1 else None
+
+
 def _peers(entries, subnet) -> tuple[StaticPeer, ...]:
     """Static peers; an entry for this host's own subnet is skipped, so every host can share one list."""
     if entries is None:
@@ -108,7 +129,8 @@ def _peers(entries, subnet) -> tuple[StaticPeer, ...]:
         raise config_error("'peers' must be a list", f"got {entries!r}")
     limits.check_count(entries, limits.MAX_PEERS, "peers")
     if subnet is None:
-        raise config_error("'peers' needs 'subnet'", "static peers need this host's own pod subnet")
+        raise config_error("'peers' needs 'subnet'", "static peers need this host's own pod subnet: set "
+                           "'subnet', or give the IPAM exactly one IPv4 subnet")
     peers, seen = [], [subnet]
     for i, entry in enumerate(entries):
         where = f"peers[{i}]"

@@ -57,6 +57,8 @@ CASES = [
     ("network-name-trailing-newline", config(name="badnet\n"), {}, 7, "badnet"),
     ("ipam-type-trailing-newline", config(**{"ipam.type": "host-local\n"}), {}, 7, "host-local"),
     ("args-cni-not-object", config(args={"cni": "x"}), {}, 7, "args.cni"),
+    ("dns-a-string", config(dns="8.8.8.8"), {}, 7, "'dns' must be an object"),
+    ("dns-nameservers-a-string", config(dns={"nameservers": "8.8.8.8"}), {}, 7, "dns.nameservers"),
     ("nested-too-deep", b"[" * 100000 + b"]" * 100000, {}, 6, "nested too deeply"),
     ("config-too-large", b'{"cniVersion": "1.0.0", "pad": "' + b"a" * (5 << 20) + b'"}', {}, 6, "too large"),
     ("resolvconf-device", config(**{"ipam.resolvConf": "/dev/zero"}), {}, 5, "not a regular file"),
@@ -124,7 +126,24 @@ def test_bridge_name_taken_by_another_kind_of_link(plugin_host, netns, data_dir)
     assert_clean_error(run, 103, "not a bridge")
     assert host_links(plugin_host.ns) == before
     assert host_links(pod) == ["lo"]
-    assert leases(data_dir, "badnet") == []
+    assert os.listdir(data_dir) == [], "the bridge is refused before IPAM touches the lease directory"
+
+
+def test_bridge_named_lo_leaves_the_lease_directory_untouched(plugin_host, netns, data_dir):
+    pod = netns("pod")
+    run = _run_add(plugin_host, config(bridge="lo"), _env(pod, {}), data_dir)
+    assert_clean_error(run, 103, "not a bridge")
+    assert host_links(pod) == ["lo"]
+    assert os.listdir(data_dir) == []
+
+
+def test_relative_data_dir_is_refused(plugin_host, netns, tmp_path):
+    pod = netns("pod")
+    conf = config(**{"ipam.dataDir": "leases"})
+    run = plugin_host.exec("bridge", "ADD", json.dumps(conf).encode(), container_id="ctr",
+                           netns=kernel.netns_path(pod), ifname="eth0")
+    assert_clean_error(run, 7, "not an absolute path")
+    assert host_links(pod) == ["lo"]
 
 
 def test_exhausted_pool(plugin_host, netns, data_dir):

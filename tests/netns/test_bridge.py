@@ -45,6 +45,17 @@ def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
     assert not any(l.startswith("veth") for l in host_links(plugin_host.ns))
 
 
+def test_pod_interface_as_the_reference_makes_it(plugin_host, netns, data_dir):
+    net = plugin_host.network(bridge_conflist(data_dir, subnet4="10.77.0.0/24"))
+    pod = netns("pod")
+    net.add("ctr", kernel.netns_path(pod))
+    [v4] = [a for a in kernel.ip_json("-4", "addr", "show", "eth0", ns=pod)[0]["addr_info"]]
+    assert v4["broadcast"] == "10.77.0.255"
+    assert kernel.sh("cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify", ns=pod).stdout.strip() == "1"
+    assert kernel.sh("cat", "/proc/sys/net/ipv4/conf/all/arp_notify", ns=plugin_host.ns).stdout.strip() == "0"
+    net.delete("ctr", kernel.netns_path(pod))
+
+
 def test_check_detects_removed_address_and_route(plugin_host, netns, data_dir):
     net = plugin_host.network(bridge_conflist(data_dir))
     pod = netns("pod")

@@ -43,6 +43,7 @@ def test_conflicting_host_port_names_the_holder_and_leaves_nothing(env):
     error = failure.value.error
     assert error["code"] == 104
     assert "holder/eth0" in error["msg"] and "tcp/8080" in error["msg"]
+    assert "tcp/8080" not in error.get("details", ""), "the holder and port are said once"
     assert env.ruleset() == before
     # the other protocol, and another port, are free
     env.pod("udp-user", mappings((8080, SERVER_PORT, "udp")), serve=False)

@@ -48,6 +48,7 @@ BAD_IPAM = [
     ({"subnet": "10.1.0.0/24", "routes": [{"dst": "0.0.0.0/0", "mtu": "1500"}]}, 7, ["mtu", "integer"]),
     ({"subnet": "10.1.0.0/24", "routes": {}}, 7, ["ipam.routes", "list"]),
     ({"subnet": "10.1.0.0/24", "dataDir": 5}, 7, ["dataDir"]),
+    ({"subnet": "10.1.0.0/24", "dataDir": "leases"}, 7, ["dataDir", "'leases'", "absolute"]),
     ({"subnet": "10.1.0.0/24", "resolvConf": ["x"]}, 7, ["resolvConf"]),
 ]
 
