@@ -347,11 +347,12 @@ class VerdictMap:
 class Attached:
     """An attachment's chain as listed: its rules, and the map elements that jump to it."""
     chain: str
-    rules: tuple                       # Rule, the element record excluded
+    rules: tuple                       # Rule, the record rules excluded
     elements: tuple                    # (map name, key text)
+    notes: tuple = ()                  # words the plugin recorded with them
 
 
-_ELEMENTS_WORD = "@"          # first comment word of the record rule; then "<map>/<key part>/<key part>"
+_RECORD_WORD = "@"    # first comment word of a record rule; then "<map>/<key part>/..." and ":<note>"
 
 
 class Attachments:
@@ -360,10 +361,10 @@ class Attachments:
     Layout: fixed chains (base chains on hooks, and plain chains) holding fixed rules, among them
     one lookup rule per `VerdictMap` (`ip saddr vmap @masq4`); for each attachment a chain named
     `<prefix>-<network hash>-<attachment hash>` holding its rules, and elements in the maps whose
-    verdict jumps to that chain (`10.1.0.5 : jump pp-1a2b3c4d-...`). The chain's last rule is a
-    `return` whose comment records those elements (`<tag> @ saddr4/10.1.0.5`), so DEL reads the
-    attachment's one chain and knows what to delete, without stored state and without listing the
-    table. Each operation is one transaction: `add_base` (idempotent), the attachment's old chain
+    verdict jumps to that chain (`10.1.0.5 : jump pp-1a2b3c4d-...`). The chain's last rules are
+    `return`s whose comments record those elements and the plugin's notes (`<tag> @ saddr4/10.1.0.5
+    :hp-tcp-80`), so DEL reads the attachment's one chain and knows what to delete, without stored
+    state and without listing the table. Each operation is one transaction: `add_base` (idempotent), the attachment's old chain
     and elements deleted, the new ones added. A map key already held by another attachment makes
     the transaction fail (nft: "File exists"); the caller decides (`holder` names the owner).
 
@@ -411,27 +412,17 @@ class Attachments:
     def read(self, chain: str) -> Attached | None:
         """The attachment's chain as listed (one `nft list chain`), None when it does not exist."""
         found = self.table.list_chain(chain)
-        if found is None:
-            return None
-        rules, elements = [], []
-        for rule in found:
-            words = rule.words
-            if words and words[0] == _ELEMENTS_WORD:
-                elements += _recorded_elements(words[1:])
-            else:
-                rules.append(rule)
-        return Attached(chain, tuple(rules), tuple(elements))
+        return None if found is None else attachments_read(chain, found)
 
-    def add(self, script: Script, chain: str, rule_tag: str, rules, elements=()):
-        """Add the attachment's chain with `rules` ((text, comment) pairs) and map `elements`
-        ((map name, key text) pairs) jumping to it."""
-        record = comment(rule_tag, _ELEMENTS_WORD, *("/".join([m, *key.split(" . ")]) for m, key in elements))
-        if len(record) == COMMENT_LIMIT:
-            raise ValueError(f"too many map elements to record for {chain}: {elements}")
+    def add(self, script: Script, chain: str, rule_tag: str, rules, elements=(), notes=()):
+        """Add the attachment's chain with `rules` ((text, comment) pairs), map `elements` ((map
+        name, key text) pairs) jumping to it, and `notes` (words) recorded for a later read."""
         script.add_chain(chain)
         for text, rule_comment in rules:
             script.add_rule(chain, text, rule_comment)
-        script.add_rule(chain, "return", record)
+        words = ["/".join([m, *key.split(" . ")]) for m, key in elements] + [":" + note for note in notes]
+        for record in _records(rule_tag, words):
+            script.add_rule(chain, "return", record)
         for map_name, key in elements:
             script.lines.append(f"add element {script.family} {script.table} {map_name} "
                                 f"{{ {key} : jump {chain} }}")
@@ -478,6 +469,19 @@ class Attachments:
             still = tuple(e for e in old.elements if self.holder(*e) == old.chain)
             self.table.apply(make_script(dataclasses.replace(old, elements=still)))
 
+    def take_over(self, elements, own_chain: str):
+        """Remove the attachments whose chains the map `elements` jump to (other than `own_chain`),
+        in one transaction: their keys (a container address) belong to a new attachment now, and
+        they are stale (a container whose DEL never came)."""
+        with self.table.lock():
+            script = self.table.script()
+            for map_name, key in elements:
+                holder = self.holder(map_name, key)
+                stale = self.read(holder) if holder and holder != own_chain else None
+                if stale:
+                    self.delete(script, stale)
+            self.table.apply(script)
+
     def holder(self, map_name: str, key: str) -> str | None:
         """The chain an element of `map_name` jumps to, None when there is no such element."""
         proc = _nft(["get", "element", self.table.family, self.table.name, map_name, f"{{ {key} }}"])
@@ -493,10 +497,9 @@ class Attachments:
             listing = self.table.list()
             if not listing.exists:
                 return []
-            ours = {c: self._parse_chain_name(c) for c in listing.chains}
-            ours = {c: hashes for c, hashes in ours.items() if hashes}
+            ours = self.attachment_chains(listing)
             stale = [c for c, (n, a) in ours.items() if n == net_hash and a not in keep]
-            removed = [self._attached(listing, c) for c in sorted(stale)]
+            removed = [attachments_read(c, listing.in_chain(c)) for c in sorted(stale)]
             script = self.table.script()
             if len(stale) == len(ours):
                 script.delete_table()
@@ -506,39 +509,55 @@ class Attachments:
             self.table.apply(script)
             return removed
 
-    def _attached(self, listing: "Listing", chain: str) -> Attached:
-        rules, elements = [], []
-        for rule in listing.in_chain(chain):
-            if rule.words and rule.words[0] == _ELEMENTS_WORD:
-                elements += _recorded_elements(rule.words[1:])
-            else:
-                rules.append(rule)
-        return Attached(chain, tuple(rules), tuple(elements))
+    def attachment_chains(self, listing: "Listing") -> dict[str, tuple[str, str]]:
+        """{chain: (network hash, attachment hash)} of the attachment chains in a table listing."""
+        return {c: hashes for c in listing.chains if (hashes := self._parse_chain_name(c))}
 
 
-def _recorded_elements(words) -> list[tuple[str, str]]:
-    """(map name, key text) from the record rule's words ("ports4/tcp/8080" -> ("ports4", "tcp . 8080"))."""
-    out = []
+def _records(rule_tag: str, words: list[str]) -> list[str]:
+    """Comments of the record rules: the tag, the record word, then as many words as fit."""
+    records, current = [], []
     for word in words:
-        map_name, *parts = word.split("/")
-        if parts:
-            out.append((map_name, " . ".join(parts)))
-    return out
+        if current and len(comment(rule_tag, _RECORD_WORD, *current, word)) >= COMMENT_LIMIT:
+            records.append(comment(rule_tag, _RECORD_WORD, *current))
+            current = []
+        current.append(word)
+    records.append(comment(rule_tag, _RECORD_WORD, *current))
+    return records
+
+
+def attachments_read(chain: str, rules) -> Attached:
+    """An attachment chain's rules split into its own rules and what its record rules say."""
+    own, elements, notes = [], [], []
+    for rule in rules:
+        words = rule.words
+        if not (words and words[0] == _RECORD_WORD and rule.tag):
+            own.append(rule)
+            continue
+        for word in words[1:]:
+            if word.startswith(":"):
+                notes.append(word[1:])
+            elif "/" in word:
+                map_name, *parts = word.split("/")
+                elements.append((map_name, " . ".join(parts)))
+    return Attached(chain, tuple(own), tuple(elements), tuple(notes))
 
 
 # ---- tables of the former layout ------------------------------------------------------------------
 
-def remove_legacy(table: Table, network: str, container_id: str, ifname: str):
+def remove_legacy(table: Table, network: str, container_id: str, ifname: str) -> tuple["Listing | None", bool]:
     """Rules an earlier podplumb made in a table of the former layout (tagged rules in shared
     chains) go on DEL too, so that an upgraded node is left with nothing; the table goes with its
-    last tagged rule. It is listed only when it exists."""
+    last tagged rule. It is listed only when it exists. Returns (listing, table dropped)."""
     if table.exists():
-        table.delete_tagged(tag(network, container_id, ifname))
+        return table.delete_tagged(tag(network, container_id, ifname))
+    return None, False
 
 
-def gc_legacy(table: Table, network: str, valid: set):
+def gc_legacy(table: Table, network: str, valid: set) -> tuple["Listing | None", bool]:
     if table.exists():
-        table.delete_network_except(network, valid)
+        return table.delete_network_except(network, valid)
+    return None, False
 
 
 # ---- IP masquerade (the main plugins' ipMasq) -----------------------------------------------------
@@ -581,20 +600,8 @@ def ensure_masquerade(network: str, container_id: str, ifname: str, addresses: l
     except NftError as e:
         if "File exists" not in e.stderr:
             raise
-        _release_addresses(elements, MASQ.chain_name(network, container_id, ifname))
+        MASQ.take_over(elements, MASQ.chain_name(network, container_id, ifname))
         MASQ.replace(network, container_id, ifname, wanted, elements)
-
-
-def _release_addresses(elements, own_chain: str):
-    with MASQ.table.lock():
-        script = MASQ.table.script()
-        for map_name, key in elements:
-            holder = MASQ.holder(map_name, key)
-            if holder and holder != own_chain:
-                stale = MASQ.read(holder)
-                if stale:
-                    MASQ.delete(script, stale)
-        MASQ.table.apply(script)
 
 
 def remove_masquerade(network: str, container_id: str, ifname: str) -> None:

@@ -1,14 +1,16 @@
 """portmap: host port -> container port DNAT via nftables, chained after a main plugin.
 
-Each operation is one nftables transaction under the namespace's nft lock; rules are found by their tag
-(network, container ID, ifname), so nothing is stored."""
+Each operation is one nftables transaction under the namespace's nft lock. An attachment's rules are
+found from its own chain (named from network, container ID, ifname) and the chains of the host
+ports it holds, so nothing is stored and no call lists the whole table but GC (see rules.py)."""
 
+import dataclasses
 import logging
 
 from cni import conntrack, nftables, skel
 from cni.errors import CHECK_FAILED, CNIError, IO_FAILURE, NOT_AVAILABLE, config_error
 from plugins.portmap import config as configs, localnet, rules
-from plugins.portmap.rules import TABLE
+from plugins.portmap.rules import ATTACHMENTS, GUARD, TABLE
 
 LOG = logging.getLogger("podplumb")
 
@@ -22,28 +24,99 @@ def add(request: skel.Request) -> dict:
     addresses = _addresses(config, request)
     tag = nftables.tag(request.network, request.container_id, request.ifname)
     wanted = rules.desired(config, addresses, f"{request.container_id}/{request.ifname}")
+    chain = ATTACHMENTS.chain_name(request.network, request.container_id, request.ifname)
+    snat = [(w.text, nftables.comment(tag, *w.words)) for w in wanted if not w.claim]
+    elements = [(f"snat{a.version}", str(a.ip)) for a in addresses] if snat else []
     localnet_ifname = _localnet_interface(config, addresses)   # runs `ip`: not under the lock
-    if localnet_ifname and localnet.enabled(localnet_ifname):
-        localnet_ifname = None     # on already (by us earlier, or by the admin): leave it be
     with TABLE.lock():
-        listing = TABLE.list()
-        rules.check_conflicts(wanted, listing, tag, request.network)
-        script = rules.add_base(TABLE.script())
-        for old in listing.tagged(tag):
-            script.delete_rule(old)
-        for w in wanted:
-            script.add_rule(w.chain, w.text, nftables.comment(tag, *w.words))
-        if localnet_ifname and localnet_ifname not in rules.guarded_interfaces(listing):
-            script.add_rule(rules.GUARD, *rules.guard_rule(localnet_ifname))
-        _apply(script, config)
-    if localnet_ifname:
-        _enable_localnet(localnet_ifname, tag)
+        if localnet_ifname and TABLE.list_chain(rules.localnet_chain(localnet_ifname)) is None \
+                and localnet.enabled(localnet_ifname):
+            localnet_ifname = None     # turned on by the admin, not by us: leave it be
+        if localnet_ifname:
+            snat.append((f"jump {rules.localnet_chain(localnet_ifname)}", None))
+        try:
+            _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
+        except nftables.NftError as e:
+            if "File exists" not in e.stderr:
+                raise
+            ATTACHMENTS.take_over(elements, chain)     # a stale attachment holds the address
+            _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
+    if localnet_ifname and not localnet.enabled(localnet_ifname):
+        _enable_localnet(localnet_ifname, request)
     conntrack.forget_udp(m.host_port for m in config.mappings if m.protocol == "udp")
     return config.prev_result
 
 
+def _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname):
+    """One transaction: the attachment's old rules out, its new ones in (under the table lock)."""
+    old = ATTACHMENTS.read(chain)
+    held = _port_chains({w.chain for w in wanted if w.claim} | _claimed(old))
+    rules.check_conflicts(wanted, [r for listed in held.values() for r in listed or ()], tag, request.network)
+    script = ATTACHMENTS.add_base(TABLE.script())
+    keep = {w.chain for w in wanted if w.claim}
+    _drop_claims(script, held, {tag}, keep)
+    if old:
+        ATTACHMENTS.delete(script, old)
+    for port in sorted(keep):
+        if held[port] is None:
+            script.add_chain(port)
+            script.lines.append(f"add element {TABLE.family} {TABLE.name} ports "
+                                f"{{ {rules.port_key(port)} : jump {port} }}")
+    for w in wanted:
+        if w.claim:
+            script.add_rule(w.chain, w.text, nftables.comment(tag, *w.words))
+    notes = sorted(keep) + ([rules.localnet_chain(localnet_ifname)] if localnet_ifname else [])
+    if localnet_ifname:
+        guard = rules.guard_chain(localnet_ifname)
+        script.add_chain(rules.localnet_chain(localnet_ifname))
+        script.add_chain(guard)
+        script.flush_chain(guard)
+        script.add_rule(guard, rules.guard_rule())
+        script.lines.append(f'add element {TABLE.family} {TABLE.name} guards {{ "{localnet_ifname}" : jump {guard} }}')
+    ATTACHMENTS.add(script, chain, tag, snat, elements, notes)
+    _apply(script, config)
+
+
+def _claimed(attached) -> set[str]:
+    return {n for n in attached.notes if n.startswith(rules.PORT_CHAIN_PREFIX)} if attached else set()
+
+
+def _port_chains(names) -> dict:
+    """{port chain: its rules, None when absent}: one `nft list chain` per port."""
+    return {name: TABLE.list_chain(name) for name in sorted(names)}
+
+
+def _drop_claims(script, held: dict, tags: set, keep=frozenset()):
+    """Delete the DNAT rules carrying one of `tags` from the listed port chains; a port chain left
+    empty (and not in `keep`) goes with its `ports` element."""
+    for port, listed in held.items():
+        if listed is None:
+            continue
+        doomed = [r for r in listed if r.tag in tags]
+        if len(doomed) == len(listed) and port not in keep:
+            script.lines.append(f"delete element {TABLE.family} {TABLE.name} ports {{ {rules.port_key(port)} }}")
+            script.flush_chain(port)
+            script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {port}")
+        else:
+            for rule in doomed:
+                script.delete_rule(rule)
+
+
 def delete(request: skel.Request) -> None:
-    _after_removal(*TABLE.delete_tagged(nftables.tag(request.network, request.container_id, request.ifname)))
+    tag = nftables.tag(request.network, request.container_id, request.ifname)
+    chain = ATTACHMENTS.chain_name(request.network, request.container_id, request.ifname)
+    with TABLE.lock():
+        old = ATTACHMENTS.read(chain)
+        if old:
+            held = _port_chains(_claimed(old))
+            script = TABLE.script()
+            _drop_claims(script, held, {tag})
+            ATTACHMENTS.delete(script, old)
+            TABLE.apply(script)
+            for note in old.notes:
+                _release_localnet(note)
+    _after_legacy_removal(*nftables.remove_legacy(rules.LEGACY_TABLE, request.network, request.container_id,
+                                                  request.ifname))
 
 
 def check(request: skel.Request) -> None:
@@ -51,13 +124,24 @@ def check(request: skel.Request) -> None:
     if config.prev_result is None:
         raise config_error("portmap CHECK needs prevResult", "the config has no prevResult")
     tag = nftables.tag(request.network, request.container_id, request.ifname)
-    listing = TABLE.list()
-    actual = listing.tagged(tag)
-    if not config.mappings and not actual:
+    chain = ATTACHMENTS.chain_name(request.network, request.container_id, request.ifname)
+    attached = ATTACHMENTS.read(chain)
+    if not config.mappings and not attached:
         return
     addresses = _addresses(config, request)
     wanted = rules.desired(config, addresses, "")
-    problems = rules.base_problems(listing)
+    held = _port_chains({w.chain for w in wanted if w.claim} | _claimed(attached))
+    actual = [r for listed in held.values() for r in listed or () if r.tag == tag]
+    actual += [dataclasses.replace(r, chain=rules.SNAT) for r in (attached.rules if attached else ()) if r.tag]
+    problems = rules.base_problems({c: TABLE.list_chain(c) for c in (rules.PREROUTING, rules.OUTPUT)})
+    if attached is None:
+        problems.append(f"chain {chain} of the attachment is missing")
+    for port, listed in held.items():
+        if listed is not None and ATTACHMENTS.holder("ports", rules.port_key(port)) != port:
+            problems.append(f"host port {rules.port_key(port)} does not lead to chain {port}")
+    for map_name, key in attached.elements if attached else ():
+        if ATTACHMENTS.holder(map_name, key) != chain:
+            problems.append(f"{key} does not lead to chain {chain} (map {map_name})")
     unmatched, extra = rules.missing(wanted, actual)
     problems += [f"missing in {w.chain}: {w.text}" for w in unmatched]
     problems += [f"unexpected rule in {r.chain} (handle {r.handle})" for r in extra]
@@ -70,16 +154,38 @@ def check(request: skel.Request) -> None:
 
 
 def gc(request: skel.Request) -> None:
+    """Remove this network's attachments that are not valid, with their DNAT rules (found by tag);
+    the table goes when no attachment is left. GC lists the table once."""
     valid = request.config.get("cni.dev/valid-attachments") or []
     if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
         raise config_error("cni.dev/valid-attachments must be a list of objects", f"got {valid!r}")
-    keep = {(a.get("containerID", ""), a.get("ifname", "")) for a in valid}
-    _after_removal(*TABLE.delete_network_except(request.network, keep))
+    net_hash = nftables.network_hash(request.network)
+    keep = {nftables.attachment_hash(request.network, a.get("containerID", ""), a.get("ifname", "")) for a in valid}
+    with TABLE.lock():
+        listing = TABLE.list()
+        if listing.exists:
+            ours = ATTACHMENTS.attachment_chains(listing)
+            stale = [c for c, (n, a) in ours.items() if n == net_hash and a not in keep]
+            doomed_tags = {r.tag for r in listing.rules if r.network_hash == net_hash and r.attachment_hash not in keep}
+            held = {c: listing.in_chain(c) for c in listing.chains if c.startswith(rules.PORT_CHAIN_PREFIX)}
+            script = TABLE.script()
+            _drop_claims(script, held, doomed_tags)
+            for c in sorted(stale):
+                ATTACHMENTS.delete(script, nftables.attachments_read(c, listing.in_chain(c)))
+            TABLE.apply(script)
+            for c in sorted(listing.chains):
+                _release_localnet(c)
+            if len(stale) == len(ours):
+                drop = TABLE.script()
+                drop.delete_table()
+                TABLE.apply(drop)
+    pairs = {(a.get("containerID", ""), a.get("ifname", "")) for a in valid}
+    _after_legacy_removal(*nftables.gc_legacy(rules.LEGACY_TABLE, request.network, pairs))
 
 
 def status(request: skel.Request) -> None:
     try:
-        TABLE.apply(rules.add_base(TABLE.script()), check_only=True)
+        TABLE.apply(ATTACHMENTS.add_base(TABLE.script()), check_only=True)
     except CNIError as e:
         raise CNIError(NOT_AVAILABLE, "portmap cannot use nftables", str(e)) from None
 
@@ -110,20 +216,44 @@ def _apply(script: nftables.Script, config: configs.Config):
         raise
 
 
-def _enable_localnet(ifname: str, tag: str):
+def _enable_localnet(ifname: str, request: skel.Request):
     try:
         localnet.set_enabled(ifname, True)
     except OSError as e:
-        _after_removal(*TABLE.delete_tagged(tag))
+        delete(request)
         raise CNIError(IO_FAILURE, f"portmap: cannot turn route_localnet on for {ifname}", str(e)) from None
     LOG.info("portmap: turned route_localnet on for %s (localhost host ports)", ifname)
 
 
-def _after_removal(listing: nftables.Listing, table_dropped: bool):
-    """With the last container's rules gone, route_localnet goes back off where we turned it on."""
+def _release_localnet(chain: str):
+    """With no attachment jumping to ln-<ifname> any more (the kernel refuses to delete a chain
+    still referenced), its guard goes and route_localnet goes back off."""
+    ifname = rules.localnet_interface(chain)
+    if ifname is None:
+        return
+    guard = rules.guard_chain(ifname)
+    script = TABLE.script()
+    script.lines.append(f'delete element {TABLE.family} {TABLE.name} guards {{ "{ifname}" }}')
+    script.flush_chain(guard)
+    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {guard}")
+    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {chain}")
+    try:
+        TABLE.apply(script)
+    except nftables.NftError as e:
+        if "Device or resource busy" in e.stderr or "No such file or directory" in e.stderr:
+            return      # still in use, or released already
+        raise
+    localnet.reset(ifname)
+
+
+def _after_legacy_removal(listing, table_dropped: bool):
+    """The former layout's table: with its last rule gone, route_localnet goes back off where its
+    guard rules say we turned it on."""
     if table_dropped:
-        for ifname in rules.guarded_interfaces(listing):
-            localnet.reset(ifname)
+        for rule in listing.in_chain(GUARD):
+            words = rule.comment.split()
+            if len(words) == 2 and words[0] == "route_localnet":
+                localnet.reset(words[1])
 
 
 PLUGIN = skel.Plugin(name="portmap", add=add, delete=delete, check=check, status=status, gc=gc,

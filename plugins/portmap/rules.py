@@ -1,13 +1,23 @@
 """portmap's nftables rules: what a container's mappings need, and which host ports are taken.
 
-Table `inet podplumb-portmap`:
+Table `inet podplumb-hostports` (see `cni.nftables.Attachments`):
   prerouting, output   nat hooks: `fib daddr type local` jumps to hostports
                        (output first returns for ::1, which IPv6 cannot NAT to another host)
-  hostports            one DNAT rule per (mapping, container address family)
-  postrouting          masquerade of DNAT'ed traffic from the container's subnet (hairpin and
-                       neighbours on the same bridge) and from 127.0.0.0/8 (localhost)
-  localnet-guard       drops packets to 127.0.0.0/8 arriving on an interface where we turned
-                       route_localnet on, so that sysctl exposes nothing beyond our mappings
+  hostports            `meta l4proto . th dport vmap @ports`: one element per host port in use,
+                       jumping to that port's chain
+  hp-<proto>-<port>    the DNAT rules of every attachment holding that host port (one per
+                       attachment, address family and host address); listing it is what shows
+                       who holds the port, whatever the number of pods
+  postrouting          `ip daddr vmap @snat4` / `ip6 daddr vmap @snat6`: a container address jumps to
+                       its attachment's chain, holding the masquerade of DNAT'ed traffic from the
+                       container's subnet (hairpin, neighbours on the same bridge) and 127.0.0.0/8
+  pp-<hashes>          the attachment's chain: masquerade rules, and a record of its elements and
+                       of the port chains it holds rules in
+  localnet-guard       `iifname vmap @guards`: on an interface where we turned route_localnet on,
+                       packets to 127.0.0.0/8 arriving from outside are dropped (chain guard-<hex>)
+  ln-<hex ifname>      an empty chain every attachment relying on route_localnet there jumps to:
+                       the kernel refuses to delete it while one does, so the last DEL finds out,
+                       without a listing, that route_localnet can go back off
 Each DNAT rule's comment is `<tag> <proto>/<port>@<host address or :: / 0.0.0.0> <container>/<ifname>`:
 the claimed host port is read back from it to detect conflicts.
 """
@@ -17,21 +27,52 @@ import ipaddress
 
 from cni import nftables
 from cni.errors import CNIError, PORT_CONFLICT, config_error
-from cni.nftables import BaseChain, match, statement
+from cni.nftables import BaseChain, VerdictMap, match, statement
 from plugins.portmap.config import Config
 
-TABLE = nftables.Table("podplumb-portmap")
+TABLE = nftables.Table("podplumb-hostports")
+LEGACY_TABLE = nftables.Table("podplumb-portmap")      # tagged rules in shared chains, before
 PREROUTING, OUTPUT, DNAT, SNAT, GUARD = "prerouting", "output", "hostports", "postrouting", "localnet-guard"
-_BASE_CHAINS = {
-    PREROUTING: BaseChain("nat", "prerouting", -100),
-    OUTPUT: BaseChain("nat", "output", -100),
-    SNAT: BaseChain("nat", "postrouting", 100),
-    GUARD: BaseChain("filter", "prerouting", -300),
-}
+ATTACHMENTS = nftables.Attachments(
+    TABLE,
+    {PREROUTING: BaseChain("nat", "prerouting", -100), OUTPUT: BaseChain("nat", "output", -100), DNAT: None,
+     SNAT: BaseChain("nat", "postrouting", 100), GUARD: BaseChain("filter", "prerouting", -300)},
+    (VerdictMap("ports", "inet_proto . inet_service", DNAT, "meta l4proto . th dport"),
+     VerdictMap("snat4", "ipv4_addr", SNAT, "ip daddr"),
+     VerdictMap("snat6", "ipv6_addr", SNAT, "ip6 daddr"),
+     VerdictMap("guards", "ifname", GUARD, "iifname")),
+    fixed={PREROUTING: (f"fib daddr type local jump {DNAT}",),
+           OUTPUT: ("ip6 daddr ::1 return", f"fib daddr type local jump {DNAT}")})
 _JUMP = statement("jump", {"target": DNAT})
-_GUARD_WORD = "route_localnet"
 _PROTO = {4: ("ip", "ipv4"), 6: ("ip6", "ipv6")}
 _UNSPECIFIED = {4: "0.0.0.0", 6: "::"}
+PORT_CHAIN_PREFIX = "hp-"
+
+
+def port_chain(protocol: str, port: int) -> str:
+    return f"{PORT_CHAIN_PREFIX}{protocol}-{port}"
+
+
+def port_key(chain: str) -> str:
+    """The `ports` map key of a port chain: hp-tcp-8080 -> 'tcp . 8080'."""
+    _, protocol, port = chain.split("-")
+    return f"{protocol} . {port}"
+
+
+def localnet_chain(ifname: str) -> str:
+    return "ln-" + ifname.encode().hex()
+
+
+def guard_chain(ifname: str) -> str:
+    return "guard-" + ifname.encode().hex()
+
+
+def localnet_interface(chain: str) -> str | None:
+    """The interface an ln-<hex> chain stands for."""
+    try:
+        return bytes.fromhex(chain[3:]).decode() if chain.startswith("ln-") else None
+    except ValueError:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +147,7 @@ def _family_rules(config: Config, address, owner: str) -> list[Wanted]:
                  statement("dnat", {"family": proto, "addr": str(ip), "port": m.container_port})}
         if host_ip:
             facts.add(match(f"{proto} daddr", "==", str(host_ip)))
-        wanted.append(Wanted(DNAT, text, frozenset(facts), (claim.word(), owner), claim))
+        wanted.append(Wanted(port_chain(m.protocol, m.host_port), text, frozenset(facts), (claim.word(), owner), claim))
         if (m.protocol, m.container_port) not in masq_ports:
             masq_ports.append((m.protocol, m.container_port))
     if config.snat:
@@ -128,55 +169,38 @@ def _masquerade(proto, nfproto, source, ip, protocol, port, owner) -> Wanted:
     return Wanted(SNAT, text, frozenset(facts), (owner,))
 
 
-def add_base(script: nftables.Script) -> nftables.Script:
-    """Create (idempotently) the table and its chains, and reset the hook chains' fixed rules."""
-    script.add_table()
-    script.add_chain(DNAT)
-    for name, base in _BASE_CHAINS.items():
-        script.add_chain(name, base)
-    script.flush_chain(PREROUTING)
-    script.add_rule(PREROUTING, f"fib daddr type local jump {DNAT}")
-    script.flush_chain(OUTPUT)
-    script.add_rule(OUTPUT, "ip6 daddr ::1 return")
-    script.add_rule(OUTPUT, f"fib daddr type local jump {DNAT}")
-    return script
-
-
-def base_problems(listing: nftables.Listing) -> list[str]:
-    if not listing.exists:
-        return [f"table {TABLE.family} {TABLE.name} is missing"]
-    problems = [f"chain {c} is missing" for c in (DNAT, *_BASE_CHAINS) if c not in listing.chains]
+def base_problems(listed: dict) -> list[str]:
+    """What is wrong with the hook chains, from `{chain: rules or None}` of PREROUTING and OUTPUT."""
+    problems = []
     for chain in (PREROUTING, OUTPUT):
-        if not any(_JUMP in r.facts for r in listing.in_chain(chain)):
+        rules = listed.get(chain)
+        if rules is None:
+            problems.append(f"chain {chain} is missing")
+        elif not any(_JUMP in r.facts for r in rules):
             problems.append(f"chain {chain} does not jump to {DNAT}")
     return problems
 
 
-def check_conflicts(wanted: list[Wanted], listing: nftables.Listing, own_tag: str, network: str):
-    """Fail with PORT_CONFLICT, naming the holder, when another attachment claims a wanted port."""
-    for rule in listing.in_chain(DNAT):
+def check_conflicts(wanted: list[Wanted], held: list[nftables.Rule], own_tag: str, network: str):
+    """Fail with PORT_CONFLICT, naming the holder, when another attachment's DNAT rule (in `held`,
+    the rules of the port chains concerned) claims a wanted port."""
+    for rule in held:
         if not rule.tag or rule.tag == own_tag or not rule.words:
             continue
-        held = HostPort.parse(rule.words[0])
-        clash = held and next((w.claim for w in wanted if w.claim and w.claim.overlaps(held)), None)
+        held_port = HostPort.parse(rule.words[0])
+        clash = held_port and next((w.claim for w in wanted if w.claim and w.claim.overlaps(held_port)), None)
         if clash:
             holder = rule.words[1] if len(rule.words) > 1 else "another container"
             where = (f"network {network}" if rule.network_hash == nftables.network_hash(network)
                      else f"another network (hash {rule.network_hash})")
             # Said once: the holder's own range only when it is more than the port asked for.
             raise CNIError(PORT_CONFLICT, f"host port {clash} is already mapped to {holder} in {where}",
-                           f"its mapping covers {held}" if str(held) != str(clash) else "")
+                           f"its mapping covers {held_port}" if str(held_port) != str(clash) else "")
 
 
-def guard_rule(ifname: str) -> tuple[str, str]:
-    """(rule, comment) dropping packets to 127.0.0.0/8 that arrive on `ifname`."""
-    return f'iifname "{ifname}" ip daddr 127.0.0.0/8 drop', f"{_GUARD_WORD} {ifname}"
-
-
-def guarded_interfaces(listing: nftables.Listing) -> list[str]:
-    """The interfaces whose route_localnet we turned on, as the guard rules record them."""
-    return [r.comment.split()[1] for r in listing.in_chain(GUARD)
-            if r.comment.startswith(_GUARD_WORD + " ") and len(r.comment.split()) == 2]
+def guard_rule() -> str:
+    """Dropping packets to 127.0.0.0/8 that arrive (from outside) on the guarded interface."""
+    return "ip daddr 127.0.0.0/8 drop"
 
 
 def missing(wanted: list[Wanted], actual: list[nftables.Rule]) -> tuple[list[Wanted], list[nftables.Rule]]:

@@ -188,6 +188,13 @@ class Env:
     def ruleset(self) -> str:
         return kernel.sh("nft", "list", "ruleset", ns=self.host).stdout
 
+    def pod_rules_left(self) -> list[str]:
+        """Lines of the ruleset that belong to some pod: attachment, host port and route_localnet
+        chains and the map elements leading to them (the empty tables stay until a GC)."""
+        return [line.strip() for line in self.ruleset().splitlines()
+                if any(word in line for word in ("chain pp-", "chain hp-", "chain ln-", "chain guard-",
+                                                 "jump pp-", "jump hp-", "jump guard-"))]
+
     def tagged_rules(self, container_id: str, ifname: str = "eth0") -> list[str]:
         """The lines of our portmap table commented for this container."""
         return [line.strip() for line in self.ruleset().splitlines() if f" {container_id}/{ifname}\"" in line]

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from cni import nftables
+from plugins.portmap.rules import ATTACHMENTS
 from podplumb.runtime import PluginFailed
 from tests import kernel
 from tests.netns.test_portmap_env import HOST_EXT, HOST_EXT_OTHER, SERVER_PORT, bin_dir, environment, mappings, request
@@ -25,13 +27,14 @@ def env(host_ns, netns, cni_bin, data_dir, tmp_path):
 
 
 def _portmap_table(env) -> dict:
-    out = kernel.sh("nft", "-j", "list", "table", "inet", "podplumb-portmap", ns=env.host, check=False)
+    out = kernel.sh("nft", "-j", "list", "table", "inet", "podplumb-hostports", ns=env.host, check=False)
     return json.loads(out.stdout) if out.returncode == 0 else {"nftables": []}
 
 
-def _rule_handles(env, container_id: str, chain: str) -> list[int]:
-    return [item["rule"]["handle"] for item in _portmap_table(env)["nftables"]
-            if "rule" in item and item["rule"]["chain"] == chain
+def _dnat_rules(env, container_id: str) -> list[tuple[str, int]]:
+    """(host port chain, handle) of the container's DNAT rules."""
+    return [(item["rule"]["chain"], item["rule"]["handle"]) for item in _portmap_table(env)["nftables"]
+            if "rule" in item and item["rule"]["chain"].startswith("hp-")
             and f" {container_id}/" in item["rule"].get("comment", "")]
 
 
@@ -80,14 +83,13 @@ def test_hundred_mappings_on_one_container(env):
         proto = "tcp" if i % 2 else "udp"
         assert request(env.client, proto, HOST_EXT[0], 20000 + i) == ("big", "192.0.2.2")
         assert request(env.client, proto, HOST_EXT[1], 20000 + i) == ("big", "2001:db8:e::2")
-    assert len(_rule_handles(env, "big", "hostports")) == 200          # 100 mappings x 2 families
+    assert len(_dnat_rules(env, "big")) == 200                         # 100 mappings x 2 families
     env.network.check("big", kernel.netns_path(pod.ns))
     env.delete(pod)
-    assert env.ruleset().strip() == ""
+    assert env.pod_rules_left() == []
 
 
 def test_twenty_containers_concurrently_leave_the_ruleset_as_before(env):
-    before = env.ruleset()
     names = [f"par-{i}" for i in range(20)]
     spaces = {name: env.make_ns("pppod") for name in names}
 
@@ -97,29 +99,38 @@ def test_twenty_containers_concurrently_leave_the_ruleset_as_before(env):
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         list(pool.map(add, range(20), names))
     for i, name in enumerate(names):
-        assert len(_rule_handles(env, name, "hostports")) == 2, name
+        assert len(_dnat_rules(env, name)) == 2, name
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         list(pool.map(lambda n: env.network.delete(n, kernel.netns_path(spaces[n])), names))
-    assert env.ruleset() == before
+    assert env.pod_rules_left() == []
 
 
 def test_check_fails_once_a_rule_is_deleted_by_hand(env):
     pod = env.pod("pod-a", mappings((8080, SERVER_PORT), (8081, SERVER_PORT, "udp")), serve=False)
     env.network.check("pod-a", kernel.netns_path(pod.ns))
-    handle = _rule_handles(env, "pod-a", "hostports")[1]
-    kernel.sh("nft", "delete", "rule", "inet", "podplumb-portmap", "hostports", "handle", str(handle), ns=env.host)
+    chain, handle = _dnat_rules(env, "pod-a")[1]
+    kernel.sh("nft", "delete", "rule", "inet", "podplumb-hostports", chain, "handle", str(handle), ns=env.host)
     with pytest.raises(PluginFailed) as failure:
         env.network.check("pod-a", kernel.netns_path(pod.ns))
     assert failure.value.error["code"] == 105
-    assert "missing in hostports" in failure.value.error["details"]
+    assert f"missing in {chain}" in failure.value.error["details"]
 
 
 def test_check_fails_when_the_masquerade_rules_are_gone(env):
     pod = env.pod("pod-a", mappings((8080, SERVER_PORT)), serve=False)
-    kernel.sh("nft", "flush", "chain", "inet", "podplumb-portmap", "postrouting", ns=env.host)
+    chain = ATTACHMENTS.chain_name(env.network.conflist["name"], "pod-a", "eth0")
+    kernel.sh("nft", "flush", "chain", "inet", "podplumb-hostports", chain, ns=env.host)
     with pytest.raises(PluginFailed) as failure:
         env.network.check("pod-a", kernel.netns_path(pod.ns))
     assert "missing in postrouting" in failure.value.error["details"]
+
+
+def test_check_fails_when_a_host_port_no_longer_leads_to_its_chain(env):
+    pod = env.pod("pod-a", mappings((8080, SERVER_PORT)), serve=False)
+    kernel.sh("nft", "flush", "map", "inet", "podplumb-hostports", "ports", ns=env.host)
+    with pytest.raises(PluginFailed) as failure:
+        env.network.check("pod-a", kernel.netns_path(pod.ns))
+    assert "tcp . 8080 does not lead to chain hp-tcp-8080" in failure.value.error["details"]
 
 
 def test_delete_twice_with_empty_netns_and_without_prev_result(env):
@@ -165,7 +176,7 @@ def test_every_version_adds_and_deletes(env, version):
     if version != "0.3.0" and version != "0.3.1":
         assert env.portmap("CHECK", "ver", config, netns=kernel.netns_path(env.client)).code == 0
     assert env.portmap("DEL", "ver", config).code == 0
-    assert env.ruleset().strip() == ""
+    assert env.pod_rules_left() == []
 
 
 def test_iptables_only_keys_are_ignored_with_a_message(env):
@@ -180,3 +191,36 @@ def test_iptables_only_keys_are_ignored_with_a_message(env):
 def test_add_without_prev_result_is_refused(env):
     run = env.portmap("ADD", "lonely", {"runtimeConfig": mappings((8080, 80))}, netns=kernel.netns_path(env.client))
     assert run.code == 1 and run.json["code"] == 7
+
+
+def test_rules_of_the_former_table_go_on_delete_and_gc(env):
+    """A node upgraded from the former layout (tagged rules in shared chains of `podplumb-portmap`)
+    is left with nothing, and route_localnet goes back off with the former table's last rule."""
+    network = env.network.conflist["name"]
+    tags = {cid: nftables.tag(network, cid, "eth0") for cid in ("old-a", "old-b")}
+    kernel.sh("nft", "-f", "-", ns=env.host, input=(
+        "add table inet podplumb-portmap\n"
+        "add chain inet podplumb-portmap hostports\n"
+        "add chain inet podplumb-portmap localnet-guard { type filter hook prerouting priority -300; }\n"
+        f'add rule inet podplumb-portmap hostports tcp dport 7001 dnat ip to 10.244.9.5:80 comment "{tags["old-a"]} tcp/7001@0.0.0.0 old-a/eth0"\n'
+        f'add rule inet podplumb-portmap hostports tcp dport 7002 dnat ip to 10.244.9.6:80 comment "{tags["old-b"]} tcp/7002@0.0.0.0 old-b/eth0"\n'
+        f'add rule inet podplumb-portmap localnet-guard iifname "{env.bridge}" ip daddr 127.0.0.0/8 drop comment "route_localnet {env.bridge}"\n'))
+    kernel.sh("ip", "link", "add", env.bridge, "type", "bridge", ns=env.host)    # no pod made it here
+    kernel.sh("sysctl", "-qw", f"net.ipv4.conf.{env.bridge}.route_localnet=1", ns=env.host)
+    assert env.portmap("DEL", "old-a", {}).code == 0
+    assert "7001" not in env.ruleset() and "7002" in env.ruleset()
+    assert env.portmap("GC", "", {"cni.dev/valid-attachments": []}).code == 0
+    assert "podplumb-portmap" not in env.ruleset()
+    flag = kernel.sh("sysctl", "-n", f"net.ipv4.conf.{env.bridge}.route_localnet", ns=env.host)
+    assert flag.stdout.strip() == "0"
+
+
+def test_two_host_addresses_share_a_port_chain_until_the_last_goes(env):
+    a = env.pod("ip-a", mappings((9090, SERVER_PORT, "tcp", HOST_EXT[0])))
+    b = env.pod("ip-b", mappings((9090, SERVER_PORT, "tcp", HOST_EXT_OTHER[0])))
+    assert len(_dnat_rules(env, "ip-a")) == 1 and len(_dnat_rules(env, "ip-b")) == 1
+    env.delete(a)
+    assert request(env.client, "tcp", HOST_EXT_OTHER[0], 9090) == ("ip-b", "192.0.2.2")
+    assert _dnat_rules(env, "ip-a") == [] and "chain hp-tcp-9090" in env.ruleset()
+    env.delete(b)
+    assert env.pod_rules_left() == []

@@ -7,7 +7,7 @@ import pytest
 
 from cni import nftables
 from cni.errors import CNIError
-from cni.nftables import Listing, Rule
+from cni.nftables import Rule
 from cni.skel import parse_request
 from plugins.portmap import config as configs
 from plugins.portmap import rules
@@ -65,7 +65,7 @@ def test_desired_rules():
                      conditionsV4=["ip", "saddr", "!=", "198.51.100.0/24"])
     addresses = configs.container_addresses(PREV, "eth0")
     wanted = rules.desired(config, addresses, "c1/eth0")
-    dnat = [w.text for w in wanted if w.chain == rules.DNAT]
+    dnat = [w.text for w in wanted if w.claim]
     assert dnat == [
         "meta nfproto ipv4 ip saddr != 198.51.100.0/24 tcp dport 80 dnat ip to 10.1.0.5:8080",
         "meta nfproto ipv4 ip saddr != 198.51.100.0/24 ip daddr 192.0.2.1 tcp dport 81 dnat ip to 10.1.0.5:8080",
@@ -77,12 +77,13 @@ def test_desired_rules():
         "meta nfproto ipv4 ip saddr 127.0.0.0/8 ip daddr 10.1.0.5 tcp dport 8080 ct status dnat masquerade",
         "meta nfproto ipv6 ip6 saddr fd00:1::/64 ip6 daddr fd00:1::5 tcp dport 8080 ct status dnat masquerade",
     ]
-    assert [w.words[0] for w in wanted if w.chain == rules.DNAT] == ["tcp/80@0.0.0.0", "tcp/81@192.0.2.1", "tcp/80@::"]
+    assert [w.words[0] for w in wanted if w.claim] == ["tcp/80@0.0.0.0", "tcp/81@192.0.2.1", "tcp/80@::"]
+    assert [w.chain for w in wanted if w.claim] == ["hp-tcp-80", "hp-tcp-81", "hp-tcp-80"]     # one chain a port
 
 
 def test_snat_false_and_masq_all():
     addresses = configs.container_addresses(PREV, "eth0")
-    assert all(w.chain == rules.DNAT for w in rules.desired(
+    assert all(w.claim for w in rules.desired(
         _config([{"hostPort": 80, "containerPort": 80}], snat=False), addresses, "c1/eth0"))
     masq = [w.text for w in rules.desired(_config([{"hostPort": 80, "containerPort": 80}], masqAll=True),
                                           addresses, "c1/eth0") if w.chain == rules.SNAT]
@@ -112,10 +113,8 @@ def test_host_port_words_round_trip_and_overlap():
 def test_conflicts_name_the_holder_but_ignore_our_own_rules():
     holder = nftables.tag("net1", "other", "eth0")
     own = nftables.tag("net1", "c1", "eth0")
-    listing = Listing(True, frozenset({rules.DNAT}), (
-        Rule(rules.DNAT, 5, f"{holder} tcp/80@192.0.2.1 other/eth0", ()),
-        Rule(rules.DNAT, 6, f"{own} tcp/81@0.0.0.0 c1/eth0", ()),
-    ))
+    listing = [Rule("hp-tcp-80", 5, f"{holder} tcp/80@192.0.2.1 other/eth0", ()),
+               Rule("hp-tcp-81", 6, f"{own} tcp/81@0.0.0.0 c1/eth0", ())]
     addresses = configs.container_addresses(PREV, "eth0")
     wanted = rules.desired(_config([{"hostPort": 81, "containerPort": 80}]), addresses, "c1/eth0")
     rules.check_conflicts(wanted, listing, own, "net1")
@@ -126,8 +125,7 @@ def test_conflicts_name_the_holder_but_ignore_our_own_rules():
     assert "other/eth0" in failure.value.msg and "network net1" in failure.value.msg
 
 
-def test_guard_rule_round_trip():
-    text, comment = rules.guard_rule("cni0")
-    listing = Listing(True, frozenset(), (Rule(rules.GUARD, 1, comment, ()),))
-    assert rules.guarded_interfaces(listing) == ["cni0"]
-    assert 'iifname "cni0"' in text
+def test_chain_names_of_ports_and_interfaces():
+    assert rules.port_chain("udp", 53) == "hp-udp-53" and rules.port_key("hp-udp-53") == "udp . 53"
+    assert rules.localnet_interface(rules.localnet_chain("cni0@x")) == "cni0@x"
+    assert rules.localnet_interface("hp-tcp-80") is None
