@@ -17,7 +17,7 @@ import time
 
 from pyroute2 import IPRoute, NetlinkError
 
-from cni.errors import CNIError, KERNEL_FAILURE, UNKNOWN_CONTAINER
+from cni.errors import CNIError, KERNEL_FAILURE, LINK_CONFLICT, UNKNOWN_CONTAINER
 
 IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
 AF_INET, AF_INET6 = 2, 10
@@ -174,6 +174,25 @@ class Namespace:
                 return False
             raise kernel_error(f"cannot create macvlan link on link {master}", e) from None
         return True
+
+    def alias(self, index: int) -> str | None:
+        """The link's ifalias (host-device keeps a moved link's original name there)."""
+        try:
+            return self.ipr.link("get", index=index)[0].get_attr("IFLA_IFALIAS") or None
+        except NetlinkError as e:
+            raise kernel_error(f"cannot read link {index}", e) from None
+
+    def move_link(self, index: int, netns: str, name: str, where: str | None = None):
+        """Move the link into the namespace at `netns` (a path, described as `where` in errors) and
+        name it `name` there. The kernel moves it under its current name when that is free there and
+        renames it afterwards; it uses `name` straight away only when the current name is taken."""
+        try:
+            self.ipr.link("set", index=index, net_ns_fd=netns, ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise CNIError(LINK_CONFLICT, f"cannot move link {index} as {name}",
+                               f"a link named {name} already exists in {where or netns}") from None
+            raise kernel_error(f"cannot move link {index} into {netns}", e) from None
 
     def macvlan_mode(self, index: int) -> str | None:
         """The mode of a macvlan link (bridge, private, vepa, passthru, source); None for other links."""

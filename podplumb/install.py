@@ -26,6 +26,7 @@ PLUGINS = {
     "sbr": "plugins.sbr.plugin:PLUGIN",
     "macvlan": "plugins.macvlan.plugin:PLUGIN",
     "bandwidth": "plugins.bandwidth.plugin:PLUGIN",
+    "host-device": "plugins.host_device.plugin:PLUGIN",
 }
 
 CLIENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "cni-client.c")

@@ -1,1 +1,1 @@
-"""The host-device plugin (being written)."""
+"""host-device: a node link moved into the pod and back (config.py, plugin.py)."""

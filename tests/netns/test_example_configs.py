@@ -1,5 +1,5 @@
 """Every example config in conf/cni works as shipped: ADD, CHECK and DEL, with only dataDir and
-bridge name made unique for the test, and a macvlan master cabled to a LAN namespace."""
+bridge name made unique for the test, and a macvlan master or host device cabled to a LAN namespace."""
 
 import glob
 import json
@@ -24,8 +24,9 @@ def _as_conflist(path, data_dir, lan_master):
             plugin["bridge"] = kernel.unique("ppex")
         if "ipam" in plugin:
             plugin["ipam"]["dataDir"] = data_dir
-        if "master" in plugin:      # the machine's own uplink in a real config: a LAN of the test's here
-            plugin["master"] = lan_master()
+        for key in ("master", "device"):   # the machine's own links in a real config: a LAN of the test's here
+            if key in plugin:
+                plugin[key] = lan_master()
     return conf
 
 
