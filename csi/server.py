@@ -55,11 +55,13 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="podplumb csi", description=__doc__)
     p.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT"),
                    help="unix:///path/to/csi.sock (default: $CSI_ENDPOINT)")
-    p.add_argument("--node-id", default=os.environ.get("NODE_ID") or socket.gethostname())
-    p.add_argument("--state-dir", default="/var/lib/podplumb/csi")
+    p.add_argument("--node-id", default=os.environ.get("NODE_ID") or socket.gethostname(),
+                   help="this node's ID in CSI replies (default: $NODE_ID, else the hostname: %(default)s)")
+    p.add_argument("--state-dir", default="/var/lib/podplumb/csi",
+                   help="the SQLite state and the volumes' backing files (default: %(default)s)")
     p.add_argument("--capacity", type=parse_size, default=0,
                    help="bytes to provision in total (default: free space of the state dir)")
-    p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--name", default=DEFAULT_NAME, help="the driver name GetPluginInfo reports (default: %(default)s)")
     p.add_argument("--max-volumes", type=int, default=0, help="max_volumes_per_node (0: no limit)")
     p.add_argument("--glusterd-socket", default="",
                    help="glusterd's management socket, for the quotas of gluster volumes "
@@ -68,7 +70,7 @@ def parse_args(argv):
                    help="staging and target paths must lie under this directory "
                         f"(default: {DEFAULT_KUBELET_DIR})")
     p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+                   choices=["debug", "info", "warning", "error"], help="least severe level logged (default: %(default)s)")
     args = p.parse_args(argv)
     if not args.endpoint:
         p.error("--endpoint or $CSI_ENDPOINT is required")

@@ -68,6 +68,9 @@ def main(argv=None) -> int:
             service.stop()
         if owned:
             _unlink(args.socket)
+            for made in _MADE_DIRS:
+                with contextlib.suppress(OSError):   # not empty: somebody else's files are there now
+                    os.rmdir(made)
         listener.close()
         if not workers.stop():
             LOG.warning("call(s) still running after %gs; exiting", args.drain_timeout)
@@ -105,6 +108,9 @@ def _configure_logging(level: str):
     root.setLevel(logging.INFO)
 
 
+_MADE_DIRS = []     # by listen(), for main() to remove
+
+
 def listen(path: str) -> tuple[socket.socket, bool]:
     """The listening socket, and whether we created it (and so remove it on exit)."""
     inherited = _activated_socket()
@@ -112,7 +118,11 @@ def listen(path: str) -> tuple[socket.socket, bool]:
         return inherited, False
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o700)
+        # Only the last directory is made (/run/podplumb on a fresh node), and removed on exit.
+        if not os.path.isdir(os.path.dirname(parent)):
+            raise SystemExit(f"podplumb daemon: cannot listen on {path}: {os.path.dirname(parent)} does not exist")
+        os.mkdir(parent, mode=0o700)
+        _MADE_DIRS.append(parent)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)          # born 0600: no window where others may connect

@@ -1,4 +1,5 @@
-"""`python -m podplumb.overlay`: run the overlay registry of one network on this host until SIGTERM."""
+"""`podplumb overlay` (or `python -m podplumb.overlay`): run the overlay registry of one network on
+this host until SIGTERM."""
 
 import argparse
 import logging
@@ -15,7 +16,7 @@ from podplumb.overlay.subnets import ClaimError
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m podplumb.overlay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="podplumb overlay", description=__doc__)
     parser.add_argument("--network-config", required=True, help="the network's conflist (or config) file")
     parser.add_argument("--etcd-endpoints", help="comma-separated http(s)://HOST:PORT (default: cluster.etcdEndpoints)")
     parser.add_argument("--node-name", help="this host's name in the registry (default: the hostname)")

@@ -23,3 +23,9 @@ def test_missing_data_dir(tmp_path):
     lines = []
     assert print_leases(str(tmp_path / "nope"), out=lines.append) == 0
     assert "does not exist" in lines[0]
+
+
+def test_a_named_network_without_leases_is_an_error(tmp_path):
+    lines, errors = [], []
+    assert print_leases(str(tmp_path), "NOSUCHNET", out=lines.append, err=errors.append) == 1
+    assert lines == [] and "NOSUCHNET" in errors[0]
