@@ -260,6 +260,7 @@ def test_restart_replaces_a_stale_socket(node_daemon):
 
 
 def test_socket_is_private(host_ns, tmp_path):
+    (tmp_path / "run").mkdir()          # as /run is: the daemon makes only the last directory
     directory = tmp_path / "run" / "podplumb"
     from tests.conftest import NodeDaemon
     daemon = NodeDaemon(host_ns, str(directory / "c.sock"), str(tmp_path / "d.log"))
@@ -272,6 +273,7 @@ def test_socket_is_private(host_ns, tmp_path):
     finally:
         assert daemon.stop() == 0
     assert not os.path.exists(daemon.socket)
+    assert not directory.exists(), "the directory the daemon made goes with it"
 
 
 def test_sigterm_finishes_the_call_in_flight(forwarding, host_ns, netns, tmp_path, cni_bin):
