@@ -435,8 +435,10 @@ class Attachments:
         script.lines.append(f"delete chain {script.family} {script.table} {attached.chain}")
         return script
 
-    def replace(self, network: str, container_id: str, ifname: str, rules, elements=()):
-        """Make the attachment's chain hold exactly `rules` and `elements`: one transaction."""
+    def replace(self, network: str, container_id: str, ifname: str, rules, elements=(), shared=None):
+        """Make the attachment's chain hold exactly `rules` and `elements`: one transaction.
+        `shared(script)`, when given, adds to the same transaction objects several attachments
+        share (with idempotent `add` commands)."""
         chain = self.chain_name(network, container_id, ifname)
         with self.table.lock():
             old = self.read(chain)
@@ -445,6 +447,8 @@ class Attachments:
                 script = self.add_base(self.table.script())
                 if old:
                     self.delete(script, old)
+                if shared:
+                    shared(script)
                 self.add(script, chain, tag(network, container_id, ifname), rules, elements)
                 return script
             self._apply_tolerating_lost_elements(script, old)

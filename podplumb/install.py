@@ -27,6 +27,7 @@ PLUGINS = {
     "macvlan": "plugins.macvlan.plugin:PLUGIN",
     "bandwidth": "plugins.bandwidth.plugin:PLUGIN",
     "host-device": "plugins.host_device.plugin:PLUGIN",
+    "firewall": "plugins.firewall.plugin:PLUGIN",
 }
 
 CLIENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "cni-client.c")

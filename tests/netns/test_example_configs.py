@@ -24,6 +24,8 @@ def _as_conflist(path, data_dir, lan_master):
             plugin["bridge"] = kernel.unique("ppex")
         if "ipam" in plugin:
             plugin["ipam"]["dataDir"] = data_dir
+        if plugin.get("type") == "tuning":     # its originals, kept under /run/podplumb on a node
+            plugin["dataDir"] = os.path.join(data_dir, "tuning")
         for key in ("master", "device"):   # the machine's own links in a real config: a LAN of the test's here
             if key in plugin:
                 plugin[key] = lan_master()
@@ -38,7 +40,8 @@ def test_example_config(plugin_host, netns, data_dir, path):
     net = plugin_host.network(conflist)
     pod = netns("pod")
     result = net.add("ctr", kernel.netns_path(pod), capability_args={"portMappings": [
-        {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]})
+        {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
+        "bandwidth": {"ingressRate": 10**8, "ingressBurst": 10**6, "egressRate": 10**8, "egressBurst": 10**6}})
     assert result["ips"]
     net.check("ctr", kernel.netns_path(pod))
     net.delete("ctr", kernel.netns_path(pod))
