@@ -24,7 +24,8 @@ class Config:
 def load(request: Request) -> Config:
     raw = request.config
     link = {}
-    mac = request.runtime_config().get("mac") or raw.get("mac")
+    # runtimeConfig.mac wins over CNI_ARGS MAC, which wins over the config's mac (as the reference)
+    mac = request.runtime_config().get("mac") or request.args.get("MAC") or raw.get("mac")
     if mac is not None:
         if not isinstance(mac, str) or not _MAC.fullmatch(mac):
             raise config_error(f"tuning: invalid mac {mac!r}", "expected six hex bytes separated by ':'")

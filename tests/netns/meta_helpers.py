@@ -6,6 +6,10 @@ from tests import kernel
 from tests.conftest import REFERENCE_BIN
 from tests.netns.bridge_helpers import bridge_conflist
 
+# The versions the meta plugins' lifecycle tests run in: the oldest result shape, the first with
+# CHECK, the newest (the conversions between them are the shared core's, tested with bridge).
+VERSIONS = ("0.3.0", "0.4.0", "1.1.0")
+
 
 def chain(data_dir, *meta, version="1.1.0", **bridge_keys):
     """A conflist: bridge (+ host-local) followed by the `meta` plugin sections."""

@@ -10,8 +10,7 @@ from plugins.bandwidth.plugin import ifb_name
 from podplumb.runtime import Network, PluginFailed, exec_plugin
 from tests import kernel
 from tests.conftest import reference_available
-from tests.netns.bridge_helpers import VERSIONS
-from tests.netns.meta_helpers import chain, reference_bin
+from tests.netns.meta_helpers import VERSIONS, chain, reference_bin
 
 RATE = 20_000_000          # bits/s
 BURST = 400_000            # bits

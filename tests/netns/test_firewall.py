@@ -7,8 +7,8 @@ import pytest
 from podplumb.runtime import Network, PluginFailed, exec_plugin
 from tests import kernel
 from tests.conftest import reference_available
-from tests.netns.bridge_helpers import VERSIONS, pod_addresses
-from tests.netns.meta_helpers import chain, reference_bin
+from tests.netns.bridge_helpers import pod_addresses
+from tests.netns.meta_helpers import VERSIONS, chain, reference_bin
 
 pytestmark = pytest.mark.skipif(not kernel.sh("which", "nft", check=False).stdout, reason="nft missing")
 TABLE = ("inet", "podplumb-firewall")

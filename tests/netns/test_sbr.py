@@ -5,8 +5,8 @@ import pytest
 from podplumb.runtime import Network, PluginFailed, exec_plugin
 from tests import kernel
 from tests.conftest import reference_available
-from tests.netns.bridge_helpers import VERSIONS, pod_addresses
-from tests.netns.meta_helpers import chain, reference_bin
+from tests.netns.bridge_helpers import pod_addresses
+from tests.netns.meta_helpers import VERSIONS, chain, reference_bin
 
 
 def rules(ns, family="-4"):

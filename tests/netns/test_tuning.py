@@ -8,8 +8,7 @@ import pytest
 from podplumb.runtime import Network, PluginFailed, exec_plugin
 from tests import kernel
 from tests.conftest import reference_available
-from tests.netns.bridge_helpers import VERSIONS
-from tests.netns.meta_helpers import chain, link, reference_bin, sysctl
+from tests.netns.meta_helpers import VERSIONS, chain, link, reference_bin, sysctl
 
 SYSCTLS = {"net.ipv4.conf.eth0.rp_filter": "2", "net.ipv4.ping_group_range": "0 2147483647"}
 MAC = "0a:58:0a:4d:00:42"
@@ -133,3 +132,19 @@ def test_same_pod_state_as_reference(cni_bin, host_ns, netns, data_dir, tmp_path
                        restored["txqlen"]))
         net.delete("ctr", kernel.netns_path(pod))
     assert states[0] == states[1]
+
+
+def test_mac_precedence_runtime_config_then_cni_args_then_config(cni_bin, host_ns, netns, tmp_path):
+    pod = netns("pod")
+    kernel.sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", ns=pod)
+    prev = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "x"}]}
+    config = {"cniVersion": "1.1.0", "name": "tun", "type": "tuning", "dataDir": str(tmp_path / "t"),
+              "mac": "0a:00:00:00:00:01", "prevResult": prev}
+    for extra, cni_args, wanted in (({}, "", "0a:00:00:00:00:01"),
+                                    ({}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:02", "0a:00:00:00:00:02"),
+                                    ({"runtimeConfig": {"mac": "0a:00:00:00:00:03"}}, "MAC=0a:00:00:00:00:02",
+                                     "0a:00:00:00:00:03")):
+        run = exec_plugin(cni_bin, "tuning", "ADD", {**config, **extra}, container_id="c",
+                          netns=kernel.netns_path(pod), ifname="eth0", cni_args=cni_args, host_ns=host_ns)
+        assert run.code == 0, run.stdout
+        assert link(pod)["address"] == wanted == run.json["interfaces"][0]["mac"]
