@@ -1,9 +1,31 @@
 """Logs go to stderr, and to a file when PODPLUMB_LOG_FILE names one; never to stdout."""
 
+import json
 import logging
 import sys
+import time
 
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
+FORMATS = ("text", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (RFC 3339, UTC), level, logger, message, and the traceback if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+    def formatTime(self, record, datefmt=None) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def formatter(form: str) -> logging.Formatter:
+    """The formatter for --log-format `form` (text or json)."""
+    return JsonFormatter() if form == "json" else logging.Formatter(FORMAT)
 
 
 def level(name: str) -> int:

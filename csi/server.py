@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from cni import log as cni_log
 from csi.controller import ControllerService
 from csi.driver import DEFAULT_KUBELET_DIR, DEFAULT_NAME, Config, Driver
 from csi.identity import IdentityService
@@ -71,6 +72,10 @@ def parse_args(argv):
                         f"(default: {DEFAULT_KUBELET_DIR})")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="least severe level logged (default: %(default)s)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text lines, or one JSON object a line (default: %(default)s)")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)")
     args = p.parse_args(argv)
     if not args.endpoint:
         p.error("--endpoint or $CSI_ENDPOINT is required")
@@ -155,8 +160,14 @@ def serve(args):
                            glusterd_socket=args.glusterd_socket,
                            kubelet_dir=args.kubelet_dir))
     reconcile(driver)
-    server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS),
-                         interceptors=[LoggingInterceptor()])
+    interceptors = [LoggingInterceptor()]
+    metrics_server = None
+    if args.metrics_address:
+        from csi import metrics
+        from podplumb.metrics import serve as serve_metrics
+        metrics_server = serve_metrics(args.metrics_address, metrics.StateCollector(driver.layout.db))
+        interceptors.append(metrics.MetricsInterceptor())
+    server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS), interceptors=interceptors)
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(driver), server)
     csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(driver), server)
     csi_pb2_grpc.add_NodeServicer_to_server(NodeService(driver), server)
@@ -177,6 +188,8 @@ def serve(args):
         pass
     log.info("stopping")
     server.stop(STOP_GRACE_SECONDS).wait()
+    if metrics_server:
+        metrics_server.shutdown()
     if os.path.lexists(args.socket):
         os.unlink(args.socket)
     return 0
@@ -187,8 +200,10 @@ def main(argv=None):
         args = parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(cni_log.formatter(args.log_format) if args.log_format == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         return serve(args)
     except EndpointTaken as e:

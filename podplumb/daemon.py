@@ -27,7 +27,6 @@ LOG = logging.getLogger("podplumb.daemon")
 
 SD_LISTEN_FDS_START = 3
 GREETING_TIMEOUT = 1.0   # sending the greeting to a caller that may have left already
-_LOG_FORMAT = logging.Formatter(log.FORMAT)
 
 
 def main(argv=None) -> int:
@@ -37,13 +36,19 @@ def main(argv=None) -> int:
                         help="calls served at once; beyond that a caller runs the plugin itself")
     parser.add_argument("--drain-timeout", type=float, default=60.0,
                         help="seconds to let in-flight calls finish on SIGTERM")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="least severe level logged (default %(default)s)")
+    parser.add_argument("--log-format", choices=log.FORMATS, default="text",
+                        help="text lines, or one JSON object a line (default %(default)s)")
+    parser.add_argument("--metrics-address", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)")
+    parser.add_argument("--leases-dir", default="/var/lib/cni/networks",
+                        help="host-local data dir whose leases the metrics count (default %(default)s)")
     parser.add_argument("--overlay-config", metavar="FILE",
                         help="a vxlan network config with a 'cluster' section: register this host in etcd "
                              "and keep the other hosts' routes, neighbours and FDB entries in step")
     args = parser.parse_args(argv)
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     listener, owned = listen(args.socket)
     _unlink(args.socket + client.STALLED_SUFFIX)      # a new daemon: callers may ask it at once
     workers = Workers(args.drain_timeout)
@@ -55,7 +60,7 @@ def main(argv=None) -> int:
     code = 0
     try:
         try:
-            services = start_services(args)
+            services = start_services(args, workers)
         except Exception as e:   # etcd unreachable, a bad config: said once, and the socket goes
             LOG.error("%s", e)
             return 1
@@ -78,16 +83,37 @@ def main(argv=None) -> int:
     return code
 
 
-def start_services(args) -> list:
+def start_services(args, workers: Workers) -> list:
     """The services that live in the daemon process itself (each has stop()): calls run elsewhere,
     in the worker host's call processes, which reach a service through its own socket or files."""
     services = []
+    if args.metrics_address:
+        services.append(_start_metrics(args, workers))
     if args.overlay_config:
         try:
             services.append(_start_overlay(args.overlay_config))
         except Exception as e:
             raise RuntimeError(f"overlay registry cannot start: {e}") from e
     return services
+
+
+class _MetricsService:
+    def __init__(self, server):
+        self.server = server
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _start_metrics(args, workers: Workers):
+    from podplumb import metrics     # prometheus_client: only when asked for
+    try:
+        server = metrics.serve(args.metrics_address, metrics.LeaseCollector(args.leases_dir))
+    except (ValueError, OSError) as e:
+        raise RuntimeError(f"metrics cannot start: {e}") from e
+    workers.on_outcome = metrics.record_cni_call
+    return _MetricsService(server)
 
 
 def _start_overlay(config_path: str):
@@ -98,11 +124,11 @@ def _start_overlay(config_path: str):
     return overlay
 
 
-def _configure_logging(level: str):
+def _configure_logging(level: str, form: str = "text"):
     """The daemon's own stderr log. Each call's logs are also captured for its caller (request_logs)."""
     root = logging.getLogger("podplumb")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LOG_FORMAT)
+    handler.setFormatter(log.formatter(form))
     handler.setLevel(level.upper())
     root.addHandler(handler)      # from now on cni.log.configure leaves logging alone
     root.setLevel(logging.INFO)

@@ -32,7 +32,7 @@ import threading
 import time
 
 from cni import log, skel
-from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, TRY_AGAIN_LATER
+from cni.errors import DECODE_FAILURE, INTERNAL, INVALID_ENVIRONMENT, TRY_AGAIN_LATER
 from podplumb import caller, client
 from podplumb.install import PLUGINS
 
@@ -46,6 +46,7 @@ _PR_SET_PDEATHSIG = 1
 _INTERRUPTS = {signal.SIGALRM: "it ran out of time", signal.SIGUSR1: "the caller went away",
                signal.SIGUSR2: "the daemon stopped"}
 _LOCKED_COMMANDS = ("ADD", "DEL", "CHECK")
+_COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 
 
 class Workers:
@@ -55,6 +56,7 @@ class Workers:
         self.drain_timeout = drain_timeout
         self.channel = None
         self.pid = None
+        self.on_outcome = None     # (plugin, command, code, seconds) of every call answered: metrics
 
     def start(self):
         """Fork the worker host. Call before the daemon starts any thread."""
@@ -89,8 +91,11 @@ class Workers:
             return None
         if not message:
             return None
-        kind, _, number = message.partition(b" ")
-        return [int(number)] if kind == b"done" else []
+        kind, _, rest = message.partition(b" ")
+        if kind == b"outcome" and self.on_outcome:
+            with contextlib.suppress(ValueError, TypeError):
+                self.on_outcome(*json.loads(rest))
+        return [int(rest)] if kind == b"done" else []
 
     def stop(self) -> bool:
         """No more calls; wait (bounded) until those running have ended. Whether they all did."""
@@ -190,7 +195,8 @@ class _Host:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _die_with_parent(signal.SIGUSR2, host)
-                Call(socket.socket(fileno=fds[0]), number, self.plugins, self.locks, self.own_root).run()
+                Call(socket.socket(fileno=fds[0]), number, self.plugins, self.locks, self.own_root,
+                     self.channel).run()
             except BaseException:
                 LOG.exception("call %d: failed", number)
                 code = 1
@@ -246,7 +252,9 @@ class RequestTooLarge(Exception):
 class Call:
     """One CNI call, in its own process."""
 
-    def __init__(self, conn: socket.socket, number: int, plugins: dict, locks: int, own_root: int):
+    def __init__(self, conn: socket.socket, number: int, plugins: dict, locks: int, own_root: int,
+                 channel: socket.socket | None = None):
+        self.channel = channel       # to the daemon's main process: this call's outcome, for metrics
         self.conn = conn
         self.number = number
         self.plugins = plugins
@@ -301,6 +309,7 @@ class Call:
                     return
                 guard.disarm()
                 self._log(module, env, code, started)
+                self._report_outcome(module, command, _cni_code(stdout, code), started)
                 answered = self._reply(stdout, code, captured.getvalue().encode(errors="replace"))
                 if command == "ADD" and code == 0 and not answered:
                     LOG.info("call %d: the caller left before the ADD's answer: rolling it back", self.number)
@@ -308,6 +317,7 @@ class Call:
         except Abandoned as e:       # while waiting for the attachment's lock: nothing was done
             LOG.info("call %d: %s %s abandoned before it started: %s", self.number, _name(module), command, e)
             self._reply(*_try_again(stdin, f"the call was abandoned before it started: {e}"))
+            self._report_outcome(module, command, TRY_AGAIN_LATER, started)
 
     def _abandoned(self, module: str, env: dict, stdin: bytes, reason: str, started: float):
         command = env.get("CNI_COMMAND", "")
@@ -319,6 +329,15 @@ class Call:
         LOG.info("call %d: %s %s container=%s ifname=%s %s after %.3fs: %s", self.number, _name(module), command,
                  env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"), what, time.monotonic() - started, reason)
         self._reply(*_try_again(stdin, f"the node daemon {what} the call: {reason}"))
+        self._report_outcome(module, command, TRY_AGAIN_LATER, started)
+
+    def _report_outcome(self, module: str, command: str, code: int, started: float):
+        if self.channel is None:
+            return
+        command = command if command in _COMMANDS else "other"    # labels stay few, whatever a caller sends
+        outcome = [_name(module) if module in NAMES else "unknown", command, code, time.monotonic() - started]
+        with contextlib.suppress(OSError):
+            self.channel.send(b"outcome " + json.dumps(outcome).encode())
 
     def _undo(self, module: str, env: dict, stdin: bytes):
         """DEL of what an abandoned ADD may have made (DEL is idempotent), killed if it hangs."""
@@ -351,6 +370,17 @@ def call_budget(caller_timeout: float) -> float:
     """A call's time in the daemon: short enough that its rollback and answer reach the caller before
     the caller gives up."""
     return max(caller_timeout / 2, caller_timeout - 10)
+
+
+def _cni_code(stdout: bytes, exit_code: int) -> int:
+    """0 on success, else the error object's code (100, internal error, when there is none)."""
+    if exit_code == 0:
+        return 0
+    try:
+        code = json.loads(stdout).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return code if isinstance(code, int) and not isinstance(code, bool) else INTERNAL
 
 
 def _name(module: str) -> str:

@@ -74,3 +74,14 @@ def test_systemd_units_verify(tmp_path):
     proc = subprocess.run([analyze, "verify", "./podplumb-cni.socket", "./podplumb-cni.service"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stdout + proc.stderr
+
+
+def test_daemonset_exposes_the_daemons_metrics():
+    (daemonset,) = _documents()
+    template = daemonset["spec"]["template"]
+    (daemon,) = template["spec"]["containers"]
+    address = daemon["command"][daemon["command"].index("--metrics-address") + 1]
+    port = int(address.rsplit(":", 1)[1])
+    assert {"name": "metrics", "containerPort": port, "hostPort": port, "protocol": "TCP"} in daemon["ports"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert daemon["command"][daemon["command"].index("--log-format") + 1] == "json"

@@ -429,3 +429,11 @@ def test_examples_reference_existing_classes():
             for m in c.get("volumeMounts", []):
                 if m["name"] in claims:
                     assert pvcs[claims[m["name"]]]["spec"].get("volumeMode", "Filesystem") == "Filesystem"
+
+
+def test_driver_metrics_port_is_exposed():
+    driver = containers()["podplumb-csi"]
+    port = int(flags(driver)["metrics-address"].rsplit(":", 1)[1])
+    assert {p["name"]: p["containerPort"] for p in driver["ports"]}["metrics"] == port
+    assert daemonset()["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert flags(driver)["log-format"] == "json"
