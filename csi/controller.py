@@ -33,14 +33,14 @@ def round_up(n):
     return -(-n // MiB) * MiB
 
 
-def _foreign_parameters(parameters, known):
+def foreign_parameters(parameters, known):
     return sorted(k for k in parameters
                   if k not in known and not k.startswith(IGNORED_PARAMETER_PREFIX))
 
 
 def volume_kind(parameters, caps):
     kind_parameters = gluster.PARAMETERS if parameters.get("kind") == "gluster" else set()
-    unknown = _foreign_parameters(parameters, {"kind"} | kind_parameters)
+    unknown = foreign_parameters(parameters, {"kind"} | kind_parameters)
     if unknown:
         raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
     if "kind" in parameters:
@@ -68,6 +68,13 @@ def timestamp(seconds):
     return ts
 
 
+def snapshot_message(snap):
+    return csi_pb2.Snapshot(size_bytes=snap.size, snapshot_id=snap.id,
+                            source_volume_id=snap.source_volume_id,
+                            creation_time=timestamp(snap.created), ready_to_use=True,
+                            group_snapshot_id=snap.group_snapshot_id)
+
+
 class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(self, driver):
         self.driver = driver
@@ -92,11 +99,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def _context(vol):
         return json.loads(vol.context)
 
-    def _snapshot_message(self, snap):
-        return csi_pb2.Snapshot(size_bytes=snap.size, snapshot_id=snap.id,
-                                source_volume_id=snap.source_volume_id,
-                                creation_time=timestamp(snap.created), ready_to_use=True)
-
     def _status(self, tx, vol, status_type):
         """A ListVolumes or ControllerGetVolume VolumeStatus: publications and condition."""
         stage, pubs = tx.stage(vol.id), tx.publications(vol.id)
@@ -105,10 +107,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     def _reachable(self, topology):
         return topology.segments.get(TOPOLOGY_KEY) == self.driver.config.node_id
-
-    def _fits(self, tx, extra_bytes):
-        if extra_bytes > self.driver.available_bytes(tx):
-            raise ResourceExhausted(f"not enough capacity for {extra_bytes} more bytes")
 
     def _source(self, tx, content):
         """(type, id, record) of a CreateVolume content source."""
@@ -188,14 +186,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         (returning what add returns) once capacity is checked again. On any
         failure whatever was made is removed."""
         with self.driver.store.transaction() as tx:
-            self._fits(tx, record.size)
+            self.driver.check_room(tx, record.size)
         backend = BACKENDS[record.kind]
         scratch = self.driver.layout.scratch(record.id)
         try:
             build(scratch)
             os.rename(scratch, final)
             with self.driver.store.transaction() as tx:
-                self._fits(tx, record.size)
+                self.driver.check_room(tx, record.size)
                 return add(tx)
         except BaseException:
             for path in (scratch, final):
@@ -354,7 +352,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     raise OutOfRange(f"{new_size} bytes exceed limit {limit}")
                 if vol.kind not in checks.SHARED_KINDS:
                     with self.driver.store.transaction() as tx:
-                        self._fits(tx, new_size - vol.size)
+                        self.driver.check_room(tx, new_size - vol.size)
                 BACKENDS[vol.kind].grow(self.driver.volume_path(vol), new_size)
                 with self.driver.store.transaction() as tx:
                     tx.set_volume_size(vol.id, new_size)
@@ -367,7 +365,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     @rpc("source_volume_id", "name")
     def CreateSnapshot(self, request, context):
         name = checks.name(request.name)
-        unknown = _foreign_parameters(request.parameters, set())
+        unknown = foreign_parameters(request.parameters, set())
         if unknown:
             raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
         source_id = request.source_volume_id
@@ -378,14 +376,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if existing is not None:
                 if existing.source_volume_id != source_id:
                     raise AlreadyExists(f"snapshot {name!r} exists for another volume")
-                return csi_pb2.CreateSnapshotResponse(snapshot=self._snapshot_message(existing))
+                return csi_pb2.CreateSnapshotResponse(snapshot=snapshot_message(existing))
             if vol.kind == "gluster":
                 raise FailedPrecondition(f"volume {vol.id} is a gluster volume: snapshots of "
                                          "gluster volumes are not supported (clone it instead)")
             snap = Snapshot(layout.new_snapshot_id(), name, vol.id, vol.kind, vol.fs_type, vol.size)
             with self.driver.busy.hold(vol.id):
                 snap = self._take_snapshot(snap, vol)
-        return csi_pb2.CreateSnapshotResponse(snapshot=self._snapshot_message(snap))
+        return csi_pb2.CreateSnapshotResponse(snapshot=snapshot_message(snap))
 
     def _take_snapshot(self, snap, vol):
         """Copy the volume in tmp/, move it in place, then record it; returns the record."""
@@ -408,6 +406,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 snap = tx.snapshot(sid)
             if snap is None:
                 return csi_pb2.DeleteSnapshotResponse()
+            if snap.group_snapshot_id:
+                raise FailedPrecondition(f"snapshot {sid} belongs to group snapshot "
+                                         f"{snap.group_snapshot_id}; delete the group")
             BACKENDS[snap.kind].delete(self.driver.layout.snapshot(sid, snap.kind))
             with self.driver.store.transaction() as tx:
                 tx.delete_snapshot(sid)
@@ -433,7 +434,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                                     source_volume_id=request.source_volume_id or None)
         more = bool(limit) and len(page) > limit
         page = page[:limit] if limit else page
-        entries = [csi_pb2.ListSnapshotsResponse.Entry(snapshot=self._snapshot_message(s))
+        entries = [csi_pb2.ListSnapshotsResponse.Entry(snapshot=snapshot_message(s))
                    for s in page]
         return csi_pb2.ListSnapshotsResponse(entries=entries,
                                              next_token=page[-1].id if more else "")
@@ -442,4 +443,4 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def GetSnapshot(self, request, context):
         with self.driver.store.transaction() as tx:
             snap = get_snapshot(tx, request.snapshot_id)
-        return csi_pb2.GetSnapshotResponse(snapshot=self._snapshot_message(snap))
+        return csi_pb2.GetSnapshotResponse(snapshot=snapshot_message(snap))

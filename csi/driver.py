@@ -7,7 +7,7 @@ from csi.layout import Layout, is_snapshot_id, is_volume_id
 from csi.state import Store
 from csi.backends import BACKENDS
 from csi.backends.gluster import volume_path as gluster_volume_path
-from csi.errors import Busy, NotFound
+from csi.errors import Busy, NotFound, ResourceExhausted
 from csi.v1 import csi_pb2
 
 TOPOLOGY_KEY = "topology.podplumb.csi.io/node"
@@ -49,6 +49,11 @@ class Driver:
             return max(0, self.config.capacity - tx.accounted_bytes())
         st = os.statvfs(self.layout.root)
         return st.f_bavail * st.f_frsize
+
+    def check_room(self, tx, extra_bytes):
+        """ResourceExhausted unless extra_bytes more fit in the capacity."""
+        if extra_bytes > self.available_bytes(tx):
+            raise ResourceExhausted(f"not enough capacity for {extra_bytes} more bytes")
 
     def volume_path(self, volume):
         if volume.kind == "gluster":       # a directory in a Gluster volume, named by its context

@@ -10,6 +10,7 @@ import uuid
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{32}\Z")
 SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{32}\Z")
+GROUP_SNAPSHOT_ID = re.compile(r"^group-[0-9a-f]{32}\Z")
 EPHEMERAL_ID = re.compile(r"^eph-[0-9a-f]{32}\Z")
 
 SUFFIX = {"bind": "", "loop": ".img"}
@@ -21,6 +22,14 @@ def new_volume_id():
 
 def new_snapshot_id():
     return "snap-" + uuid.uuid4().hex
+
+
+def new_group_snapshot_id():
+    return "group-" + uuid.uuid4().hex
+
+
+def is_group_snapshot_id(value):
+    return bool(GROUP_SNAPSHOT_ID.match(value))
 
 
 def new_ephemeral_id():

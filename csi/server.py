@@ -16,6 +16,7 @@ import grpc
 from cni import log as cni_log
 from csi.controller import ControllerService
 from csi.driver import DEFAULT_KUBELET_DIR, DEFAULT_NAME, Config, Driver
+from csi.group_controller import GroupControllerService
 from csi.identity import IdentityService
 from csi.node import NodeService
 from csi.reconcile import reconcile
@@ -26,7 +27,7 @@ log = logging.getLogger("csi")
 STOP_GRACE_SECONDS = 10
 WORKERS = 16
 # Request fields worth a log line: identifiers and paths, never secrets or contexts.
-LOGGED_FIELDS = ("volume_id", "source_volume_id", "snapshot_id", "name",
+LOGGED_FIELDS = ("volume_id", "source_volume_id", "snapshot_id", "group_snapshot_id", "name",
                  "staging_target_path", "target_path", "volume_path")
 _SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -171,6 +172,7 @@ def serve(args):
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(driver), server)
     csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(driver), server)
     csi_pb2_grpc.add_NodeServicer_to_server(NodeService(driver), server)
+    csi_pb2_grpc.add_GroupControllerServicer_to_server(GroupControllerService(driver), server)
     old_umask = os.umask(0o177)          # the socket is born 0600
     try:
         server.add_insecure_port("unix://" + args.socket)

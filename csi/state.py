@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     kind TEXT NOT NULL,
     fs_type TEXT NOT NULL,
     size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    group_snapshot_id TEXT NOT NULL DEFAULT ''   -- '' or the group it was taken in
+);
+CREATE TABLE IF NOT EXISTS group_snapshots (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS stages (
@@ -92,6 +98,14 @@ class Snapshot:
     fs_type: str
     size: int
     created: float = 0.0
+    group_snapshot_id: str = ""
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    id: str
+    name: str
+    created: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,7 @@ class Store:
         with contextlib.closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            _add_missing_columns(db)
 
     def _connect(self):
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -224,12 +239,35 @@ class Transaction:
     def add_snapshot(self, snap):
         if self.snapshot_by_name(snap.name):
             raise NameTaken(f"a snapshot named {snap.name!r} already exists")
-        self._db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self._db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (snap.id, snap.name, snap.source_volume_id, snap.kind, snap.fs_type,
-                          snap.size, snap.created or time.time()))
+                          snap.size, snap.created or time.time(), snap.group_snapshot_id))
 
     def delete_snapshot(self, snapshot_id):
         self._db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+    # ---------------------------------------------------- group snapshots
+    def group_snapshot(self, group_id):
+        rows = self._rows("SELECT * FROM group_snapshots WHERE id = ?", group_id)
+        return GroupSnapshot(*rows[0]) if rows else None
+
+    def group_snapshot_by_name(self, name):
+        rows = self._rows("SELECT * FROM group_snapshots WHERE name = ?", name)
+        return GroupSnapshot(*rows[0]) if rows else None
+
+    def group_members(self, group_id):
+        return [Snapshot(*r) for r in self._rows(
+            "SELECT * FROM snapshots WHERE group_snapshot_id = ? ORDER BY id", group_id)]
+
+    def add_group_snapshot(self, group):
+        if self.group_snapshot_by_name(group.name):
+            raise NameTaken(f"a group snapshot named {group.name!r} already exists")
+        self._db.execute("INSERT INTO group_snapshots VALUES (?, ?, ?)",
+                         (group.id, group.name, group.created or time.time()))
+
+    def delete_group_snapshot(self, group_id):
+        self._db.execute("DELETE FROM snapshots WHERE group_snapshot_id = ?", (group_id,))
+        self._db.execute("DELETE FROM group_snapshots WHERE id = ?", (group_id,))
 
     # --------------------------------------------------------- accounting
     def accounted_bytes(self):
@@ -294,6 +332,13 @@ class Transaction:
 
     def delete_ephemeral(self, volume_id):
         self._db.execute("DELETE FROM ephemerals WHERE volume_id = ?", (volume_id,))
+
+
+def _add_missing_columns(db):
+    """Columns added after a state dir was first made (its tables already exist)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(snapshots)")}
+    if "group_snapshot_id" not in columns:
+        db.execute("ALTER TABLE snapshots ADD COLUMN group_snapshot_id TEXT NOT NULL DEFAULT ''")
 
 
 def _ephemeral(row):

@@ -250,6 +250,7 @@ class Driver:
                 self.identity = pb_grpc.IdentityStub(self.channel)
                 self.controller = pb_grpc.ControllerStub(self.channel)
                 self.node = pb_grpc.NodeStub(self.channel)
+                self.group = pb_grpc.GroupControllerStub(self.channel)
                 try:
                     resp = self.identity.Probe(pb.ProbeRequest(), timeout=2)
                     if not resp.HasField("ready") or resp.ready.value:
@@ -344,6 +345,7 @@ class Csi:
         self.work = Path(workdir)
         self.volumes = []        # volume IDs
         self.snapshots = []      # snapshot IDs
+        self.groups = []         # group snapshot IDs
         self.published = []      # (volume ID, target path)
         self.staged = []         # (volume ID, staging path)
         self.guarded = []        # paths outside the temp dirs that must stay absent
@@ -360,6 +362,10 @@ class Csi:
     @property
     def node(self):
         return self.drv.node
+
+    @property
+    def group(self):
+        return self.drv.group
 
     def path(self, name):
         """A fresh path under the test's work dir (not created)."""
@@ -433,6 +439,15 @@ class Csi:
         if snap.snapshot_id not in self.snapshots:
             self.snapshots.append(snap.snapshot_id)
         return snap
+
+    def group_snapshot(self, volume_ids, name=None):
+        """CreateVolumeGroupSnapshot; returns the VolumeGroupSnapshot message."""
+        group = self.group.CreateVolumeGroupSnapshot(pb.CreateVolumeGroupSnapshotRequest(
+            name=name or self.name("group"), source_volume_ids=list(volume_ids)),
+            timeout=RPC_TIMEOUT).group_snapshot
+        if group.group_snapshot_id not in self.groups:
+            self.groups.append(group.group_snapshot_id)
+        return group
 
     def delete_snapshot(self, snapshot_id):
         self.controller.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=snapshot_id),
@@ -543,6 +558,9 @@ class Csi:
             attempt(f"NodeUnpublish {vol} {target}", lambda: self.unpublish(vol, target))
         for vol, staging in reversed(self.staged[:]):
             attempt(f"NodeUnstage {vol} {staging}", lambda: self.unstage(vol, staging))
+        for gid in self.groups:
+            attempt(f"DeleteVolumeGroupSnapshot {gid}", lambda: self.group.DeleteVolumeGroupSnapshot(
+                pb.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid), timeout=RPC_TIMEOUT))
         for snap in self.snapshots:
             attempt(f"DeleteSnapshot {snap}", lambda: self.delete_snapshot(snap))
         for vol in self.volumes:

@@ -19,6 +19,7 @@ def test_plugin_capabilities(csi):
     expansion = {c.volume_expansion.type for c in caps if c.HasField("volume_expansion")}
     assert pb.PluginCapability.Service.CONTROLLER_SERVICE in services
     assert pb.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in services
+    assert pb.PluginCapability.Service.GROUP_CONTROLLER_SERVICE in services
     assert pb.PluginCapability.VolumeExpansion.ONLINE in expansion
 
 

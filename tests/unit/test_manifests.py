@@ -56,6 +56,20 @@ CRD_SCHEMAS = {
         },
         "additionalProperties": False,
     },
+    # groupsnapshot.storage.k8s.io/v1beta1 (external-snapshotter v8.2)
+    ("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "driver", "deletionPolicy"],
+        "properties": {
+            "apiVersion": {"const": "groupsnapshot.storage.k8s.io/v1beta1"},
+            "kind": {"const": "VolumeGroupSnapshotClass"},
+            "metadata": _METADATA,
+            "driver": {"type": "string", "minLength": 1},
+            "deletionPolicy": {"enum": ["Delete", "Retain"]},
+            "parameters": _STRING_MAP,
+        },
+        "additionalProperties": False,
+    },
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): {
         "type": "object",
         "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -150,9 +164,12 @@ def test_manifests_exist():
                      "Role", "RoleBinding", "DaemonSet", "StorageClass", "VolumeSnapshotClass"}
 
 
+def _is_crd(doc):
+    return (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("item", [d for d in DOCS if not d[1]["apiVersion"].startswith("snapshot.")],
-                         ids=ident)
+@pytest.mark.parametrize("item", [d for d in DOCS if not _is_crd(d[1])], ids=ident)
 def test_builtin_kinds_valid(item, version):
     _, doc = item
     kubernetes_validate.validate(doc, version, strict=True)
@@ -171,8 +188,7 @@ def test_validator_is_strict():
         kubernetes_validate.validate(driver, K8S_VERSIONS[-1], strict=True)
 
 
-@pytest.mark.parametrize("item", [d for d in DOCS if d[1]["apiVersion"].startswith("snapshot.")],
-                         ids=ident)
+@pytest.mark.parametrize("item", [d for d in DOCS if _is_crd(d[1])], ids=ident)
 def test_snapshot_crd_objects_valid(item):
     _, doc = item
     schema = CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])]
@@ -191,7 +207,7 @@ def test_crd_schema_rejects_mistakes():
 
 def test_namespaced_objects_in_our_namespace():
     cluster_scoped = {"Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding",
-                      "StorageClass", "VolumeSnapshotClass"}
+                      "StorageClass", "VolumeSnapshotClass", "VolumeGroupSnapshotClass"}
     for fname, doc in DOCS:
         if fname.startswith("example-") or doc["kind"] in cluster_scoped:
             continue
@@ -399,6 +415,12 @@ def test_storage_classes_per_kind():
                             if sc["parameters"]["kind"] == "gluster" else set())
         for key in sc["parameters"]:
             assert key in known or key.startswith("csi.storage.k8s.io/"), key
+
+
+def test_group_snapshots_enabled():
+    assert "--feature-gates=CSIVolumeGroupSnapshot=true" in containers()["csi-snapshotter"]["args"]
+    assert one("VolumeGroupSnapshotClass")["driver"] == DRIVER
+    assert _allowed("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "update")
 
 
 def test_inline_example_uses_the_driver_and_its_kinds():
