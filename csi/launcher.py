@@ -92,6 +92,10 @@ def temporary_driver(prefix="podplumb-csi-", args=(), stderr=None):
                            args=args, stderr=stderr, kubelet_dir=root)
     driver.root = root
     try:
+        # A shared mount of its own: namespaces other processes unshare meanwhile
+        # then see our unmounts and do not keep the loop devices busy.
+        mounts.run("mount", "--bind", root, root)
+        mounts.run("mount", "--make-shared", root)
         driver.start()
         yield driver
     finally:

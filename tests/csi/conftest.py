@@ -111,6 +111,11 @@ def _unescape_mountinfo(field):
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+# Each test root is a shared mount of itself (see new_root); those mounts are
+# the tests' own, not the driver's, and are left out of every listing.
+SHARED_ROOTS = set()
+
+
 def mounts_under(root):
     """Mount points at or below `root`, from /proc/self/mountinfo (deepest last)."""
     root = os.path.realpath(str(root))
@@ -118,7 +123,7 @@ def mounts_under(root):
     with open("/proc/self/mountinfo") as f:
         for line in f:
             point = _unescape_mountinfo(line.split()[4])
-            if point == root or point.startswith(root + "/"):
+            if (point == root or point.startswith(root + "/")) and point not in SHARED_ROOTS:
                 found.append(point)
     return found
 
@@ -299,8 +304,28 @@ class Driver:
 
 
 def new_root(prefix="ppcsi-"):
+    """A temp dir made a shared mount of itself. Other processes on the machine
+    unshare their mount namespace all the time (daemons, runtimes); with a
+    private root each such namespace would keep a copy of the driver's mounts
+    and hold its loop devices. In a shared root, unmounts reach those copies."""
     # short paths: a unix socket path must fit in 108 bytes
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    make_shared(root)
+    SHARED_ROOTS.add(os.path.realpath(root))
+    return root
+
+
+def make_shared(path):
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    subprocess.run(["mount", "--make-shared", str(path)], check=True)
+
+
+def _unmount_root(root):
+    real = os.path.realpath(str(root))
+    if real in SHARED_ROOTS:
+        if subprocess.run(["umount", real], capture_output=True).returncode:
+            subprocess.run(["umount", "--lazy", real], capture_output=True)
+        SHARED_ROOTS.discard(real)
 
 
 def dispose_root(root, driver=None):
@@ -309,6 +334,7 @@ def dispose_root(root, driver=None):
     if driver is not None:
         driver.stop()
     leftovers = force_clean(root)
+    _unmount_root(root)
     if mounts_under(root):   # a lazy unmount still pending: never rmtree through a mount
         return leftovers + [f"still mounted: {mounts_under(root)}"]
     shutil.rmtree(root, ignore_errors=True)
