@@ -6,11 +6,11 @@ import os
 
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
-from csi import checks, layout, mounts
+from csi import attach, checks, layout, mounts
 from csi.backends import BACKENDS, gluster
 from csi.driver import TOPOLOGY_KEY, get_snapshot, get_volume, volume_condition
 from csi.errors import (AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, OutOfRange,
-                        ResourceExhausted, rpc)
+                        ResourceExhausted, Unimplemented, rpc)
 from csi.state import Snapshot, Volume
 from csi.v1 import csi_pb2, csi_pb2_grpc
 
@@ -26,6 +26,12 @@ CAPABILITIES = [
         RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME, RPC.EXPAND_VOLUME,
         RPC.LIST_VOLUMES_PUBLISHED_NODES, RPC.VOLUME_CONDITION, RPC.GET_VOLUME,
         RPC.SINGLE_NODE_MULTI_WRITER, RPC.GET_SNAPSHOT)
+]
+
+
+ATTACH_CAPABILITIES = [
+    csi_pb2.ControllerServiceCapability(rpc=RPC(type=t)) for t in (
+        RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.PUBLISH_READONLY)
 ]
 
 
@@ -102,7 +108,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def _status(self, tx, vol, status_type):
         """A ListVolumes or ControllerGetVolume VolumeStatus: publications and condition."""
         stage, pubs = tx.stage(vol.id), tx.publications(vol.id)
-        return status_type(published_node_ids=[self.driver.config.node_id] if pubs else [],
+        return status_type(published_node_ids=attach.published_nodes(
+                               tx, vol, self.driver.config.node_id),
                            volume_condition=volume_condition(self.driver.problem(vol, stage, pubs)))
 
     def _reachable(self, topology):
@@ -254,6 +261,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     return csi_pb2.DeleteVolumeResponse()
                 if tx.stage(vid) or tx.publications(vid):
                     raise FailedPrecondition(f"volume {vid} is still staged or published")
+                attach.check_detached(tx, vol)
             # Files first: if removing them fails, the record stays and a retry works.
             BACKENDS[vol.kind].delete(self.driver.volume_path(vol))
             with self.driver.store.transaction() as tx:
@@ -335,7 +343,22 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     @rpc()
     def ControllerGetCapabilities(self, request, context):
-        return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=CAPABILITIES)
+        extra = ATTACH_CAPABILITIES if self.driver.config.enable_attach else []
+        return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=CAPABILITIES + extra)
+
+    def _attach_enabled(self):
+        if not self.driver.config.enable_attach:
+            raise Unimplemented("controller publish is off; start the driver with --enable-attach")
+
+    @rpc("volume_id", "node_id", "volume_capability")
+    def ControllerPublishVolume(self, request, context):
+        self._attach_enabled()
+        return attach.publish(self.driver, request)
+
+    @rpc("volume_id")
+    def ControllerUnpublishVolume(self, request, context):
+        self._attach_enabled()
+        return attach.unpublish(self.driver, request)
 
     @rpc("volume_id", "capacity_range")
     def ControllerExpandVolume(self, request, context):

@@ -22,6 +22,7 @@ class Config:
     name: str = DEFAULT_NAME
     capacity: int = 0         # 0: the state dir's free space
     max_volumes: int = 0      # 0: no limit
+    enable_attach: bool = False   # serve ControllerPublish/Unpublish
     glusterd_socket: str = ""  # "": the gluster CLI's default
     kubelet_dir: str = DEFAULT_KUBELET_DIR   # staging and target paths must lie under it
 

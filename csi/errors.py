@@ -51,6 +51,10 @@ class Unavailable(CsiError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unimplemented(CsiError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class Busy:
     """Keys (volume IDs, request names) with an operation in flight.
 

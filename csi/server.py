@@ -28,7 +28,7 @@ STOP_GRACE_SECONDS = 10
 WORKERS = 16
 # Request fields worth a log line: identifiers and paths, never secrets or contexts.
 LOGGED_FIELDS = ("volume_id", "source_volume_id", "snapshot_id", "group_snapshot_id", "name",
-                 "staging_target_path", "target_path", "volume_path")
+                 "node_id", "staging_target_path", "target_path", "volume_path")
 _SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -71,6 +71,9 @@ def parse_args(argv):
     p.add_argument("--kubelet-dir", default=DEFAULT_KUBELET_DIR,
                    help="staging and target paths must lie under this directory "
                         f"(default: {DEFAULT_KUBELET_DIR})")
+    p.add_argument("--enable-attach", action="store_true",
+                   help="serve ControllerPublishVolume/ControllerUnpublishVolume (the CSIDriver "
+                        "then needs attachRequired: true and an external-attacher)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="least severe level logged (default: %(default)s)")
     p.add_argument("--log-format", choices=["text", "json"], default="text",
@@ -159,7 +162,7 @@ def serve(args):
     driver = Driver(Config(node_id=args.node_id, state_dir=args.state_dir, name=args.name,
                            capacity=args.capacity, max_volumes=args.max_volumes,
                            glusterd_socket=args.glusterd_socket,
-                           kubelet_dir=args.kubelet_dir))
+                           kubelet_dir=args.kubelet_dir, enable_attach=args.enable_attach))
     reconcile(driver)
     interceptors = [LoggingInterceptor()]
     metrics_server = None

@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS ephemerals (
     capability TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attachments (         -- ControllerPublishVolume (--enable-attach)
+    volume_id TEXT NOT NULL REFERENCES volumes(id),
+    node_id TEXT NOT NULL,
+    readonly INTEGER NOT NULL,
+    capability TEXT NOT NULL,
+    PRIMARY KEY (volume_id, node_id)
+);
 CREATE TABLE IF NOT EXISTS publications (
     target TEXT PRIMARY KEY,
     volume_id TEXT NOT NULL REFERENCES volumes(id),
@@ -113,6 +120,15 @@ class Stage:
     volume_id: str
     path: str
     access: str
+    capability: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A volume published to a node by ControllerPublishVolume."""
+    volume_id: str
+    node_id: str
+    readonly: bool
     capability: str
 
 
@@ -212,6 +228,7 @@ class Transaction:
             raise Unknown(f"volume {volume_id} does not exist")
 
     def delete_volume(self, volume_id):
+        self._db.execute("DELETE FROM attachments WHERE volume_id = ?", (volume_id,))
         self._db.execute("DELETE FROM publications WHERE volume_id = ?", (volume_id,))
         self._db.execute("DELETE FROM stages WHERE volume_id = ?", (volume_id,))
         self._db.execute("DELETE FROM volumes WHERE id = ?", (volume_id,))
@@ -311,6 +328,25 @@ class Transaction:
 
     def delete_publication(self, target):
         self._db.execute("DELETE FROM publications WHERE target = ?", (target,))
+
+    # -------------------------------------------------------- attachments
+    def attachments(self, volume_id=None, node_id=None):
+        """[Attachment] of a volume, of a node, or all."""
+        sql, args = "SELECT * FROM attachments WHERE 1", []
+        if volume_id is not None:
+            sql, args = sql + " AND volume_id = ?", args + [volume_id]
+        if node_id is not None:
+            sql, args = sql + " AND node_id = ?", args + [node_id]
+        rows = self._rows(sql + " ORDER BY volume_id, node_id", *args)
+        return [Attachment(v, n, bool(r), c) for v, n, r, c in rows]
+
+    def add_attachment(self, att):
+        self._db.execute("INSERT INTO attachments VALUES (?, ?, ?, ?)",
+                         (att.volume_id, att.node_id, int(att.readonly), att.capability))
+
+    def delete_attachment(self, volume_id, node_id):
+        self._db.execute("DELETE FROM attachments WHERE volume_id = ? AND node_id = ?",
+                         (volume_id, node_id))
 
     # --------------------------------------------------- ephemeral volumes
     def ephemeral(self, volume_id):
