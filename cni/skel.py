@@ -11,7 +11,7 @@ import os
 import traceback
 from collections.abc import Callable, Mapping
 
-from cni import fields, limits, log, netconf, version as versions
+from cni import fields, limits, log, netconf, records, version as versions
 from cni.errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
                         INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, INVALID_CONFIG)
 from cni.result import to_version
@@ -101,9 +101,11 @@ def _serve(plugin: Plugin, request: Request) -> bytes:
     command = request.command
     if command == "ADD":
         result = plugin.add(request)
+        records.remember(request, result)
         return _dump(to_version(result, request.version))
     if command == "DEL":
         plugin.delete(request)
+        records.forget(request)
     elif command == "CHECK":
         _require_version(request, "0.4.0", "CHECK")
         plugin.check(request)
@@ -113,6 +115,9 @@ def _serve(plugin: Plugin, request: Request) -> bytes:
     elif command == "GC":
         _require_version(request, "1.1.0", "GC")
         plugin.gc(request)
+        valid = request.config.get("cni.dev/valid-attachments")
+        if isinstance(valid, list):
+            records.prune(request, {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)})
     return b""
 
 

@@ -35,6 +35,16 @@ def _leases(args):
     return print_leases(args.data_dir, args.network)
 
 
+def _gc(args):
+    from podplumb.gc import collect
+    return collect(args.state_dir, args.bin_dir, dry_run=args.dry_run)
+
+
+def _status(args):
+    from podplumb.status import show
+    return show(args.state_dir, args.conf_dir, as_json=args.json)
+
+
 def _demo(args):
     from podplumb.demo import main
     return main()
@@ -96,6 +106,26 @@ def main(argv=None):
     p.add_argument("--data-dir", default="/var/lib/cni/networks", help="host-local's dataDir")
     p.add_argument("network", nargs="?", help="only this network (an error when it has no lease directory)")
     p.set_defaults(func=_leases)
+
+    state_dir = os.environ.get("PODPLUMB_STATE_DIR") or "/var/lib/cni/podplumb"
+    p = sub.add_parser("gc", help="remove attachments whose pod network namespace is gone",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Find attachments podplumb's plugins made (from the records their ADD "
+                                   "writes) whose pod network namespace is gone, and remove them through "
+                                   "each plugin's own DEL: leases, host links, nftables rules, host ports. "
+                                   "A live pod is never touched. Prints what it removed.")
+    p.add_argument("--conf-dir", default="/etc/cni/net.d", help="the runtime's network configs")
+    p.add_argument("--bin-dir", default="/opt/cni/bin", help="the CNI bin dir whose executables run the DELs")
+    p.add_argument("--state-dir", default=state_dir, help="the attachment records ($PODPLUMB_STATE_DIR)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.set_defaults(func=_gc)
+
+    p = sub.add_parser("status", help="networks and attachments: container, ifname, addresses, host ports, "
+                                      "live or stale", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--conf-dir", default="/etc/cni/net.d", help="the runtime's network configs")
+    p.add_argument("--state-dir", default=state_dir, help="the attachment records ($PODPLUMB_STATE_DIR)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    p.set_defaults(func=_status)
 
     p = sub.add_parser("demo", help="wire two pods and a volume on this machine and show it",
                        description="As root: make throwaway namespaces playing a host and two pods, wire them "

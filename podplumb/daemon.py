@@ -18,6 +18,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 
 from cni import log
 from podplumb import client
@@ -41,6 +42,11 @@ def main(argv=None) -> int:
                         help="text lines, or one JSON object a line (default %(default)s)")
     parser.add_argument("--metrics-address", metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)")
+    parser.add_argument("--gc-interval", type=float, default=0, metavar="SECONDS",
+                        help="run `podplumb gc` this often: remove attachments whose pod namespace is gone "
+                             "(default 0: never)")
+    parser.add_argument("--gc-bin-dir", default="/opt/cni/bin",
+                        help="the CNI bin dir whose executables gc's DELs run (default %(default)s)")
     parser.add_argument("--leases-dir", default="/var/lib/cni/networks",
                         help="host-local data dir whose leases the metrics count (default %(default)s)")
     parser.add_argument("--overlay-config", metavar="FILE",
@@ -89,12 +95,42 @@ def start_services(args, workers: Workers) -> list:
     services = []
     if args.metrics_address:
         services.append(_start_metrics(args, workers))
+    if args.gc_interval > 0:
+        services.append(_PeriodicGC(args.gc_interval, args.gc_bin_dir))
     if args.overlay_config:
         try:
             services.append(_start_overlay(args.overlay_config))
         except Exception as e:
             raise RuntimeError(f"overlay registry cannot start: {e}") from e
     return services
+
+
+class _PeriodicGC:
+    """`podplumb gc` every `interval` seconds, on a thread of this process: its DELs run the
+    installed executables (which may forward to this very daemon)."""
+
+    def __init__(self, interval: float, bin_dir: str):
+        from cni import records
+        self.interval, self.bin_dir = interval, bin_dir
+        self.state_dir = records.state_dir(os.environ)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gc", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        from podplumb.gc import collect
+        while not self._stop.wait(self.interval):
+            lines = []
+            try:
+                collect(self.state_dir, self.bin_dir, out=lines.append)
+                for line in lines if len(lines) > 1 else []:     # quiet while nothing is stale
+                    LOG.info("gc: %s", line)
+            except Exception:
+                LOG.exception("gc failed")
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 class _MetricsService:
@@ -109,7 +145,9 @@ class _MetricsService:
 def _start_metrics(args, workers: Workers):
     from podplumb import metrics     # prometheus_client: only when asked for
     try:
-        server = metrics.serve(args.metrics_address, metrics.LeaseCollector(args.leases_dir))
+        from cni import records
+        server = metrics.serve(args.metrics_address, metrics.LeaseCollector(args.leases_dir),
+                               metrics.AttachmentCollector(records.state_dir(os.environ)))
     except (ValueError, OSError) as e:
         raise RuntimeError(f"metrics cannot start: {e}") from e
     workers.on_outcome = metrics.record_cni_call

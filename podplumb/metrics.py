@@ -66,3 +66,23 @@ class LeaseCollector:
             if os.path.isdir(os.path.join(self.data_dir, network)):
                 family.add_metric([network], len(Store(Location(network, self.data_dir)).leases()))
         yield family
+
+
+class AttachmentCollector:
+    """podplumb_cni_attachments{network,state}: attachments recorded by the plugins (cni.records),
+    live, stale (what `podplumb gc` would remove) or unknown."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+
+    def collect(self):
+        from podplumb import attachments
+        family = GaugeMetricFamily("podplumb_cni_attachments", "Attachments made by podplumb's plugins, by state",
+                                   labels=["network", "state"])
+        counts = {}
+        for attachment in attachments.load(self.state_dir):
+            key = (attachment.network, attachment.state())
+            counts[key] = counts.get(key, 0) + 1
+        for (network, state), number in sorted(counts.items()):
+            family.add_metric([network, state], number)
+        yield family

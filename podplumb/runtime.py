@@ -40,6 +40,8 @@ def exec_plugin(bin_dir, plugin_type, command, config, *, container_id="", netns
     """Run one plugin executable with the CNI environment; `host_ns` runs it inside that netns."""
     stdin = config if isinstance(config, bytes) else json.dumps(config).encode()
     call_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command}
+    if os.environ.get("PODPLUMB_STATE_DIR"):     # where attachment records go (cni.records): the tests' own
+        call_env["PODPLUMB_STATE_DIR"] = os.environ["PODPLUMB_STATE_DIR"]
     for key, value in (("CNI_CONTAINERID", container_id), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname),
                        ("CNI_ARGS", cni_args)):
         if value:

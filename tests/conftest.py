@@ -22,12 +22,15 @@ def pytest_configure(config):
     if config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="podplumb-pytest-")
         config._podplumb_basetemp = config.option.basetemp
+    # Attachment records (cni.records) of every plugin the tests run, never the machine's.
+    if "PODPLUMB_STATE_DIR" not in os.environ:
+        os.environ["PODPLUMB_STATE_DIR"] = config._podplumb_records = tempfile.mkdtemp(prefix="podplumb-records-")
 
 
 def pytest_unconfigure(config):
-    made = getattr(config, "_podplumb_basetemp", None)
-    if made:
-        shutil.rmtree(made, ignore_errors=True)
+    for made in (getattr(config, "_podplumb_basetemp", None), getattr(config, "_podplumb_records", None)):
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
