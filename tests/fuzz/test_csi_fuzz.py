@@ -17,7 +17,7 @@ from tests.csi.conftest import (Driver, block_cap, dispose_root, kind_cap, mount
 from tests.csi.test_targets import snapshot_of
 
 SEED = int(os.environ.get("PODPLUMB_FUZZ_SEED", "20261129"))
-CASES = int(os.environ.get("PODPLUMB_FUZZ_CASES", "150"))
+CASES = int(os.environ.get("PODPLUMB_FUZZ_CASES", "300"))
 TIMEOUT = 60
 Mode = pb.VolumeCapability.AccessMode.Mode
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -30,10 +30,13 @@ class Fuzz:
         self.work.mkdir()
         self.outside = f"/tmp/pp-csifuzz-{uuid.uuid4().hex[:8]}"
         self.occupied = self._occupied()
-        self.volumes, self.snapshots = [], []
+        self.volumes, self.snapshots, self.groups = [], [], []
         self.staged, self.published = set(), set()
+        self.sane = False       # this case: well-formed parts, so that some requests succeed
+        self.caps = {}
         for kind in ("bind", "ext4", "block"):
             self.volumes.append(self._create(kind))
+            self.caps[self.volumes[-1]] = kind_cap(kind)
 
     def _occupied(self):
         made = {}
@@ -61,19 +64,27 @@ class Fuzz:
 
     # -- random parts
     def volume_id(self):
+        if self.sane:
+            return self.rng.choice(list(self.caps) + [f"csi-{self.rng.randrange(1 << 64):016x}"])
         return self.rng.choice(self.volumes + [
+            f"csi-{self.rng.randrange(1 << 64):016x}", "csi-fixed",
             "", "vol-" + "0" * 32, "vol-" + "0" * 32 + "\n", "../../etc", "x" * 5000,
             self.volumes[0].upper(), self.volumes[0] + "/", "\x00"])
 
-    def path(self):
+    def path(self, vid=None):
         fresh = str(self.work / f"p-{self.rng.randrange(1 << 30):x}")
+        if self.sane:
+            used = [p for v, p in self.staged | self.published if v == vid]
+            return self.rng.choice(used + [fresh]) if used and self.rng.random() < 0.5 else fresh
         return self.rng.choice([
             fresh, fresh, fresh, "", "some/path", "/", self.outside, str(self.drv.state_dir),
             str(self.drv.state_dir / "volumes" / "x"), str(self.drv.root), fresh + "/../x",
             fresh + "/", fresh + "\x00", "/" + "a" * 5000,
             *map(str, self.occupied.values())])
 
-    def capability(self):
+    def capability(self, vid=None):
+        if self.sane:
+            return self.caps.get(vid, mount_cap())
         cap = self.rng.choice([
             mount_cap(), mount_cap("ext4"), mount_cap("xfs"), block_cap(),
             mount_cap("btrfs"), mount_cap(flags=["loop"]), mount_cap(flags=["X-mount.mkdir"]),
@@ -83,48 +94,59 @@ class Fuzz:
                 access_mode=pb.VolumeCapability.AccessMode(mode=Mode.SINGLE_NODE_WRITER))])
         return cap
 
-    def context(self):
+    def context(self, vid=None):
+        if self.sane:
+            if vid in self.caps:
+                return {}
+            return {"csi.storage.k8s.io/ephemeral": "true",
+                    "kind": self.rng.choice(["tmpfs", "loop", "bind"]), "size": "16Mi"}
         return self.rng.choice([{}, {}, {"kind": "gluster"},
                                 {"kind": "gluster", "glusterServer": "::::", "glusterVolume": "/"},
-                                {"csi.storage.k8s.io/ephemeral": "true", "kind": "tmpfs",
-                                 "size": self.rng.choice(["1Ei", "-1", "abc", "16Mi"])},
+                                {"csi.storage.k8s.io/ephemeral": "true",
+                                 "kind": self.rng.choice(["tmpfs", "loop", "bind", "nfs"]),
+                                 "size": self.rng.choice(["1Ei", "-1", "abc", "16Mi", "1e3"])},
+                                {"csi.storage.k8s.io/ephemeral": "true"},
                                 {"x" * 300: "y" * 5000}])
 
     def size(self):
+        if self.sane:
+            return 48 << 20
         return self.rng.choice([0, -1, 1, 2 ** 63 - 1, 32 << 20, 48 << 20])
 
     # -- one case
     def case(self):
         r = self.rng
-        rpc = r.choice(["stage", "unstage", "publish", "unpublish", "stats", "node_expand",
-                        "create", "delete", "snapshot", "validate", "expand"])
+        self.sane = r.random() < 0.5
+        rpc = r.choice(["stage", "unstage", "publish", "publish", "unpublish", "stats",
+                        "node_expand", "create", "delete", "snapshot", "validate", "expand",
+                        "group", "get_group", "delete_group"])
         node, ctl = self.drv.node, self.drv.controller
         vid = self.volume_id()
         if rpc == "stage":
             path = self.path()
             return (node.NodeStageVolume, pb.NodeStageVolumeRequest(
-                volume_id=vid, staging_target_path=path, volume_capability=self.capability(),
-                volume_context=self.context()), ("staged", (vid, path)))
+                volume_id=vid, staging_target_path=path, volume_capability=self.capability(vid),
+                volume_context=self.context(vid)), ("staged", (vid, path)))
         if rpc == "unstage":
             return (node.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(
-                volume_id=vid, staging_target_path=self.path()), None)
+                volume_id=vid, staging_target_path=self.path(vid)), None)
         if rpc == "publish":
             staging = r.choice([s for v, s in self.staged if v == vid] or [self.path()])
             target = self.path()
             return (node.NodePublishVolume, pb.NodePublishVolumeRequest(
                 volume_id=vid, staging_target_path=r.choice([staging, staging, ""]),
-                target_path=target, volume_capability=self.capability(),
-                readonly=r.random() < 0.3, volume_context=self.context()),
+                target_path=target, volume_capability=self.capability(vid),
+                readonly=r.random() < 0.3, volume_context=self.context(vid)),
                 ("published", (vid, target)))
         if rpc == "unpublish":
             return (node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(
-                volume_id=vid, target_path=self.path()), None)
+                volume_id=vid, target_path=self.path(vid)), None)
         if rpc == "stats":
             return (node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(
-                volume_id=vid, volume_path=self.path()), None)
+                volume_id=vid, volume_path=self.path(vid)), None)
         if rpc == "node_expand":
             return (node.NodeExpandVolume, pb.NodeExpandVolumeRequest(
-                volume_id=vid, volume_path=self.path(),
+                volume_id=vid, volume_path=self.path(vid),
                 capacity_range=pb.CapacityRange(required_bytes=self.size())), None)
         if rpc == "create":
             return (ctl.CreateVolume, pb.CreateVolumeRequest(
@@ -142,6 +164,20 @@ class Fuzz:
             return (ctl.CreateSnapshot, pb.CreateSnapshotRequest(
                 source_volume_id=vid, name=r.choice(["", "s\x00", f"fzs-{r.random()}"])),
                 ("snapshot", None))
+        group = self.drv.group
+        if rpc == "group":
+            ids = [self.volume_id() for _ in range(r.randrange(0, 4))]
+            return (group.CreateVolumeGroupSnapshot, pb.CreateVolumeGroupSnapshotRequest(
+                name=r.choice(["", "g\x01", f"fzg-{r.random()}", "fzg-fixed"]),
+                source_volume_ids=ids), ("group", None))
+        if rpc in ("get_group", "delete_group"):
+            gid = r.choice(self.groups + ["", "group-" + "0" * 32, "../x", "snap-" + "0" * 32])
+            request = (pb.GetVolumeGroupSnapshotRequest if rpc == "get_group" else
+                       pb.DeleteVolumeGroupSnapshotRequest)(
+                group_snapshot_id=gid, snapshot_ids=r.choice([[], ["x"], [gid]]))
+            call = (group.GetVolumeGroupSnapshot if rpc == "get_group"
+                    else group.DeleteVolumeGroupSnapshot)
+            return call, request, None
         if rpc == "validate":
             return (ctl.ValidateVolumeCapabilities, pb.ValidateVolumeCapabilitiesRequest(
                 volume_id=vid, volume_capabilities=[self.capability()],
@@ -159,6 +195,8 @@ class Fuzz:
             self.volumes.append(response.volume.volume_id)
         elif what == "snapshot":
             self.snapshots.append(response.snapshot.snapshot_id)
+        elif what == "group":
+            self.groups.append(response.group_snapshot.group_snapshot_id)
 
     def undo(self):
         node, ctl = self.drv.node, self.drv.controller
@@ -168,6 +206,9 @@ class Fuzz:
         for vid, staging in self.staged:
             node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(
                 volume_id=vid, staging_target_path=staging), timeout=TIMEOUT)
+        for gid in self.groups:
+            self.drv.group.DeleteVolumeGroupSnapshot(pb.DeleteVolumeGroupSnapshotRequest(
+                group_snapshot_id=gid), timeout=TIMEOUT)
         for snap in self.snapshots:
             ctl.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=snap), timeout=TIMEOUT)
         for vid in self.volumes:
