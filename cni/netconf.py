@@ -22,7 +22,8 @@ DNS = _fields("nameservers", "domain", "search", "options")
 RANGE = _fields("subnet", "rangeStart", "rangeEnd", "gateway")
 
 IPAM = {
-    **_fields("type", "subnet", "rangeStart", "rangeEnd", "gateway", "dataDir", "resolvConf"),
+    **_fields("type", "subnet", "rangeStart", "rangeEnd", "gateway", "dataDir", "resolvConf",
+              "daemonSocketPath"),
     "ranges": [[RANGE]],
     "routes": [ROUTE],
     "addresses": [_fields("address", "gateway")],     # static

@@ -380,9 +380,7 @@ def run_in(path: str, work):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if _libc().setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({path}): {os.strerror(err)}")
+                enter(fd, path)
             finally:
                 os.close(fd)
             box["value"] = work()
@@ -395,6 +393,14 @@ def run_in(path: str, work):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def enter(fd: int, what: str = "namespace"):
+    """Move the calling thread (only it: a thread of our own, never one that serves others) into the
+    network namespace open at `fd`."""
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns({what}): {os.strerror(err)}")
 
 
 @functools.cache

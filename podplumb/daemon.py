@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--overlay-config", metavar="FILE",
                         help="a vxlan network config with a 'cluster' section: register this host in etcd "
                              "and keep the other hosts' routes, neighbours and FDB entries in step")
+    parser.add_argument("--dhcp-socket", metavar="PATH",
+                        help="where the DHCP lease service of the dhcp IPAM plugin listens (default: beside "
+                             "--socket, <name>-dhcp.sock: /run/podplumb/cni-dhcp.sock); '' turns it off")
     args = parser.parse_args(argv)
 
     _configure_logging(args.log_level, args.log_format)
@@ -97,10 +100,17 @@ def start_services(args, workers: Workers) -> list:
         services.append(_start_metrics(args, workers))
     if args.gc_interval > 0:
         services.append(_PeriodicGC(args.gc_interval, args.gc_bin_dir))
+    dhcp_socket = dhcp_socket_path(args)
+    if dhcp_socket:
+        from plugins.dhcp.service import LeaseService
+        listener, owned = listen(dhcp_socket)
+        services.append(LeaseService(listener, dhcp_socket if owned else None).start())
     if args.overlay_config:
         try:
             services.append(_start_overlay(args.overlay_config))
         except Exception as e:
+            for service in reversed(services):
+                service.stop()
             raise RuntimeError(f"overlay registry cannot start: {e}") from e
     return services
 
@@ -152,6 +162,13 @@ def _start_metrics(args, workers: Workers):
         raise RuntimeError(f"metrics cannot start: {e}") from e
     workers.on_outcome = metrics.record_cni_call
     return _MetricsService(server)
+
+
+def dhcp_socket_path(args) -> str:
+    if args.dhcp_socket is not None:
+        return args.dhcp_socket
+    base = args.socket[:-len(".sock")] if args.socket.endswith(".sock") else args.socket
+    return base + "-dhcp.sock"
 
 
 def _start_overlay(config_path: str):

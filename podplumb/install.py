@@ -28,6 +28,7 @@ PLUGINS = {
     "bandwidth": "plugins.bandwidth.plugin:PLUGIN",
     "host-device": "plugins.host_device.plugin:PLUGIN",
     "firewall": "plugins.firewall.plugin:PLUGIN",
+    "dhcp": "plugins.dhcp.plugin:PLUGIN",
 }
 
 CLIENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "cni-client.c")
