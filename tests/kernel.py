@@ -28,3 +28,14 @@ add_netns = netns.add
 del_netns = netns.delete
 netns_path = netns.path
 ping = netns.ping
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10):
+    """SIGTERM a process we started, SIGKILL after `timeout`; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -15,7 +15,6 @@ import socket
 import threading
 
 from plugins.dhcp import protocol
-from plugins.dhcp.lease import Failed, LeaseWorker
 
 LOG = logging.getLogger("podplumb.dhcp")
 
@@ -30,7 +29,7 @@ class LeaseService:
         self.listener = listener
         self.path = path                 # removed on stop when we made it
         self.acquire_timeout = acquire_timeout
-        self._leases: dict[tuple, LeaseWorker] = {}
+        self._leases: dict[tuple, "LeaseWorker"] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
         self._stopping = False
@@ -124,6 +123,9 @@ class LeaseService:
             return {"lease": worker.lease()}
         if netns_fd is None:
             return _error(4, "ADD needs the pod's network namespace")
+        # Imported at the first lease, not when the daemon starts: pyroute2.dhcp and asyncio would
+        # hold up the daemon's first answers.
+        from plugins.dhcp.lease import Failed, LeaseWorker
         network, container_id, ifname = key
         worker = LeaseWorker(netns_fd, ifname, f"{container_id}/{network}/{ifname}", hostname,
                              label=f"{network}/{container_id}/{ifname}")

@@ -47,13 +47,7 @@ class Dnsmasq:
         return {fields[2]: (int(fields[0]), fields[4]) for fields in lines}
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        kernel.stop(self.proc)
         self.log.close()
 
 

@@ -126,13 +126,7 @@ class EtcdServer:
             time.sleep(0.1)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        kernel.stop(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
