@@ -48,10 +48,11 @@ def enter(net_fd: int, mnt_fd: int, root_fd: int, own_root_fd: int):
 
     Modules not imported yet are then still found, through `own_root_fd` (the daemon's own root):
     the caller's file system need not hold podplumb."""
-    for fd, kind, what in ((net_fd, CLONE_NEWNET, "network"), (mnt_fd, CLONE_NEWNS, "mount")):
-        if _libc.setns(fd, kind) != 0:
-            error = ctypes.get_errno()
-            raise CallerUnreachable(f"setns into the caller's {what} namespace: {os.strerror(error)}")
+    if not _same(net_fd, "/proc/self/ns/net"):
+        _setns(net_fd, CLONE_NEWNET, "network")
+    if _same(mnt_fd, "/proc/self/ns/mnt") and _same(root_fd, "/"):
+        return                      # the caller sees the file system as we do
+    _setns(mnt_fd, CLONE_NEWNS, "mount")
     try:
         os.fchdir(root_fd)
         os.chroot(".")
@@ -59,6 +60,17 @@ def enter(net_fd: int, mnt_fd: int, root_fd: int, own_root_fd: int):
     except OSError as e:
         raise CallerUnreachable(f"entering the caller's root directory: {e.strerror}") from None
     _import_through(f"/proc/self/fd/{own_root_fd}")
+
+
+def _same(fd: int, path: str) -> bool:
+    mine, theirs = os.stat(path), os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
+def _setns(fd: int, kind: int, what: str):
+    if _libc.setns(fd, kind) != 0:
+        error = ctypes.get_errno()
+        raise CallerUnreachable(f"setns into the caller's {what} namespace: {os.strerror(error)}")
 
 
 def _import_through(own_root: str):

@@ -102,7 +102,8 @@ def send_request(sock, fields, fds) -> None:
     data = encode(fields)
     rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
     sent = sock.sendmsg([data[:1 << 16]], [(SOL_SOCKET, SCM_RIGHTS, rights)] if fds else [])
-    sock.sendall(data[sent:])
+    if sent < len(data):        # (a daemon that answered at once may have closed already)
+        sock.sendall(data[sent:])
 
 
 def caller_namespaces() -> list[int]:

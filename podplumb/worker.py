@@ -1,30 +1,31 @@
 """The node daemon's call workers: every CNI call runs in a short-lived process of its own.
 
 At start the daemon forks one worker host, before it starts any thread. The host imports every
-plugin and pyroute2 once and stays single-threaded; for each connection the daemon hands it
-(SCM_RIGHTS over a SOCK_SEQPACKET pair) it forks a process for the call, which
+plugin and pyroute2 once, stays single-threaded, and keeps a few call processes forked ahead. The
+daemon passes each connection (SCM_RIGHTS over a SOCK_SEQPACKET pair) to whichever call process
+waits; that process
 - reads the request and the caller's namespaces that ride on it (podplumb.client),
-- enters the caller's network namespace and root (podplumb.caller): never a long-lived process,
+- enters the caller's network and mount namespaces and root (podplumb.caller): never a long-lived process,
 - takes the attachment's lock (network, container ID, ifname): one operation at a time per attachment,
 - runs the plugin exactly as the standalone executable would, answers, and exits.
 Calls run in parallel on every CPU, and nothing a call does outlives it in the daemon.
 
-A call is bounded in time (under the caller's own timeout, leaving room for a rollback). An ADD whose caller went away,
-ran out of time, or whose daemon died is interrupted, rolled back (its undo steps, then a DEL of the
-same attachment, still under the lock) and answered with code 11 if anyone still listens. Other
-commands run to their end when the caller leaves; their answer is dropped quietly.
+A call is bounded in time (under the caller's own timeout, leaving room for a rollback). An ADD
+whose caller went away, ran out of time, or whose daemon died is interrupted, rolled back (its undo
+steps, then a DEL of the same attachment, still under the lock) and answered with code 11 if anyone
+still listens. Other commands run to their end when the caller leaves; their answer is dropped.
 """
 
 import contextlib
 import ctypes
 import fcntl
+import gc
 import hashlib
 import io
 import json
 import logging
 import os
 import select
-import selectors
 import signal
 import socket
 import sys
@@ -40,10 +41,11 @@ LOG = logging.getLogger("podplumb.daemon")
 
 READ_TIMEOUT = 10.0        # a greeted client sends its request at once
 WRITE_TIMEOUT = 10.0
+SPARES = 4                 # call processes forked ahead of the calls
 UNDO_TIMEOUT = 30.0        # the DEL that rolls back an abandoned ADD; then the call process is killed
 NAMES = {module: name for name, module in PLUGINS.items()}
 _PR_SET_PDEATHSIG = 1
-_INTERRUPTS = {signal.SIGALRM: "it ran out of time", signal.SIGUSR1: "the caller went away",
+_INTERRUPTS = {signal.SIGALRM: "it ran out of time", signal.SIGIO: "the caller went away",
                signal.SIGUSR2: "the daemon stopped"}
 _LOCKED_COMMANDS = ("ADD", "DEL", "CHECK")
 _COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
@@ -131,13 +133,17 @@ def _received_fds(ancdata) -> list[int]:
 
 
 class _Host:
-    """The worker host: warm, single-threaded, forks one process per call."""
+    """The worker host: warm, single-threaded. It keeps SPARES call processes forked ahead, each
+    waiting on the channel for one connection; when one takes a call it says so on a pipe and the
+    host forks a replacement, so no call waits for a fork."""
 
     def __init__(self, channel: socket.socket, parent: int, drain_timeout: float):
         self.channel = channel
         self.parent = parent
         self.drain_timeout = drain_timeout
+        self.spares = set()             # pids waiting for a call
         self.calls = {}                 # pid -> call number
+        self.stopping = False
         self.plugins = {}
 
     def run(self) -> int:
@@ -145,83 +151,105 @@ class _Host:
         for signum in (signal.SIGINT, signal.SIGTERM):   # the daemon decides when we stop: it closes the channel
             signal.signal(signum, signal.SIG_IGN)
         warm_up(self.plugins)
+        gc.freeze()          # what is warm now is never collected: a call process does not copy it to scan it
         self.locks = os.memfd_create("podplumb-attachment-locks")
         self.own_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.took_r, self.took_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.took_r, False)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.channel, selectors.EVENT_READ)
-            selector.register(wake_r, selectors.EVENT_READ)
-            while True:
-                ready = {key.fileobj for key, _ in selector.select()}
-                if wake_r in ready:
+        for _ in range(SPARES):
+            self._fork_spare()
+        poller = select.poll()
+        poller.register(self.channel, select.POLLRDHUP)    # the daemon closed it: stop (calls are the spares')
+        poller.register(self.took_r, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        deadline = None
+        while not self.stopping or (self.calls and time.monotonic() < deadline):
+            timeout = None if deadline is None else max(0, deadline - time.monotonic()) * 1000
+            for fd, events in poller.poll(timeout):
+                if fd == self.channel.fileno():
+                    self.stopping = True
+                    deadline = time.monotonic() + self.drain_timeout
+                    poller.unregister(self.channel)
+                elif fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
-                    self._reap()
-                if self.channel in ready and not self._take_call():
-                    break
-            deadline = time.monotonic() + self.drain_timeout
-            selector.unregister(self.channel)
-            while self.calls and time.monotonic() < deadline:
-                selector.select(max(0.0, deadline - time.monotonic()))
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
-                self._reap()
+            self._reap()
         return 1 if self.calls else 0
 
-    def _take_call(self) -> bool:
-        """Fork a process for the next connection; False once the daemon closed the channel."""
-        try:
-            message, ancdata, _, _ = self.channel.recvmsg(64, socket.CMSG_SPACE(4))
-        except OSError:
-            return False
-        fds = _received_fds(ancdata)
-        if not message:
-            for fd in fds:
-                os.close(fd)
-            return False
-        number = int(message.split()[1])
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            self._report(number)
-            return True
+    def _fork_spare(self):
         host = os.getpid()
         pid = os.fork()
         if pid == 0:
-            code = 0
+            code = 1
             try:
+                gc.disable()             # a call lives for milliseconds; collecting only costs copied pages
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _die_with_parent(signal.SIGUSR2, host)
-                Call(socket.socket(fileno=fds[0]), number, self.plugins, self.locks, self.own_root,
-                     self.channel).run()
+                code = self._serve_one()
             except BaseException:
-                LOG.exception("call %d: failed", number)
-                code = 1
+                LOG.exception("call process failed")
             finally:
                 logging.shutdown()
                 os._exit(code)
-        os.close(fds[0])
-        self.calls[pid] = number
-        return True
+        self.spares.add(pid)
+
+    def _serve_one(self) -> int:
+        """In a spare: wait for one connection, say we took it, serve it."""
+        message, ancdata, _, _ = self.channel.recvmsg(64, socket.CMSG_SPACE(4))
+        fds = _received_fds(ancdata)
+        if not message:             # the daemon is stopping
+            return 0
+        number = int(message.split()[1])
+        os.write(self.took_w, b"%d %d\n" % (os.getpid(), number))
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return 1
+        Call(socket.socket(fileno=fds[0]), number, self.plugins, self.locks, self.own_root, self.channel).run()
+        return 0
+
+    def _read_took(self):
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.took_r, 65536):
+                data += chunk
+        for line in data.splitlines():
+            pid, number = map(int, line.split())
+            self.spares.discard(pid)
+            self.calls[pid] = number
+            if not self.stopping:
+                self._fork_spare()
 
     def _reap(self):
-        while self.calls:
+        self._read_took()
+        while self.spares or self.calls:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if not pid:
                 return
+            if pid not in self.calls:
+                self._read_took()     # a call process says it took a call before it can have ended
+            if pid in self.spares:      # a spare that ended without a call (stopping, or killed)
+                self.spares.discard(pid)
+                if not self.stopping:
+                    LOG.warning("a waiting call process ended (%s); replacing it", _exit_reason(status))
+                    self._fork_spare()
+                continue
             number = self.calls.pop(pid, None)
             if number is not None:
-                self._report(number)
+                with contextlib.suppress(OSError):
+                    self.channel.send(b"done %d" % number)
 
-    def _report(self, number: int):
-        with contextlib.suppress(OSError):
-            self.channel.send(b"done %d" % number)
+
+def _exit_reason(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
 
 
 def warm_up(plugins: dict):
@@ -393,8 +421,9 @@ def _try_again(stdin: bytes, details: str) -> tuple[bytes, int]:
 
 
 class Guard:
-    """Interrupts the call's process (raises Abandoned in it) when the call runs out of time, the daemon
-    dies, or, with `interrupt_on_hangup`, the caller hangs up; notes a hang-up in any case."""
+    """Interrupts the call's process (raises Abandoned in it) when the call runs out of time (SIGALRM),
+    the daemon dies (SIGUSR2, the parent-death signal) or, with `interrupt_on_hangup`, the caller
+    hangs up (SIGIO: the connection is O_ASYNC). No thread: the call process stays single-threaded."""
 
     def __init__(self, conn: socket.socket, budget: float, interrupt_on_hangup: bool):
         self.conn = conn
@@ -406,14 +435,17 @@ class Guard:
     def __enter__(self):
         for signum in _INTERRUPTS:
             signal.signal(signum, self._interrupt)
+        fd = self.conn.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
         self.armed = True
         signal.setitimer(signal.ITIMER_REAL, self.budget)
-        # The watcher blocks the signals (it inherits the mask): they interrupt the call's own thread.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-        try:
-            threading.Thread(target=self._watch, daemon=True, name="hangup-watch").start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
+        if self.hung_up():         # before O_ASYNC was set
+            try:
+                self._interrupt(signal.SIGIO, None)
+            except Abandoned:
+                self.disarm()
+                raise
         return self
 
     def __exit__(self, *exc):
@@ -424,26 +456,28 @@ class Guard:
         self.armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
 
+    def hung_up(self) -> bool:
+        poller = select.poll()
+        poller.register(self.conn.fileno(), select.POLLRDHUP)
+        return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in poller.poll(0))
+
     def check(self):
         """Raise Abandoned if the caller of an ADD hung up after it was too late to interrupt."""
-        if self.gone and self.interrupt_on_hangup:
+        if self.interrupt_on_hangup and (self.gone or self.hung_up()):
             self.armed = False
-            raise Abandoned(_INTERRUPTS[signal.SIGUSR1])
+            raise Abandoned(_INTERRUPTS[signal.SIGIO])
 
     def _interrupt(self, signum, frame):
+        if signum == signal.SIGIO:
+            if not self.hung_up():       # readable or writable again: not a hang-up
+                return
+            self.gone = True
+            if not self.interrupt_on_hangup:
+                return
         if self.armed:
             self.armed = False
             raise Abandoned(_INTERRUPTS[signum] if signum != signal.SIGALRM
                             else f"it ran out of time ({self.budget:.1f}s)")
-
-    def _watch(self):
-        poller = select.poll()
-        poller.register(self.conn.fileno(), select.POLLRDHUP)
-        while not poller.poll():
-            pass
-        self.gone = True
-        if self.interrupt_on_hangup:
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
 
 def attachment(env: dict, stdin: bytes) -> str | None:
