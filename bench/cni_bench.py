@@ -73,15 +73,24 @@ def run_outside(args, argv) -> int:
     pods = [f"{PREFIX}-{run_id}-p{i}" for i in range(args.pods + 4)]
     workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # The daemon runs in this (the machine's) network and mount namespace, the plugins are called from
+    # the fake host: the daemon must do its work where its caller is.
+    daemon = runtime.DaemonProcess(None, os.path.join(workdir, "cni.sock"), os.path.join(workdir, "daemon.log"),
+                                   wait_warm=True)
     try:
         with netns.namespaces(host, *pods):
             try:
                 netns.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=host)
-                spec = {"host": host, "pods": pods, "workdir": workdir}
+                daemon.start()
+                spec = {"host": host, "pods": pods, "workdir": workdir, "daemon_pid": daemon.proc.pid}
                 inner = [sys.executable, "-m", "bench.cni_bench", *argv, "--inside", json.dumps(spec)]
                 return subprocess.run(["ip", "netns", "exec", host, *inner], cwd=REPO).returncode
             finally:
+                daemon.stop()
                 _kill_namespace_processes(host)
+    except RuntimeError as e:
+        print(f"cni bench: the daemon did not start: {e}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
@@ -180,7 +189,7 @@ class Inside:
         self.pods = [netns.path(p) for p in spec["pods"]]
         self.workdir = spec["workdir"]
         self.socket = os.path.join(self.workdir, "cni.sock")
-        self.daemon = None
+        self.daemon_pid = spec["daemon_pid"]
         self.figures = {}      # metric -> {flavor name: value}
         self.notes = []
 
@@ -193,8 +202,7 @@ class Inside:
             print(f"cni bench: a plugin call failed: {e}", file=sys.stderr)
             return 1
         finally:
-            if self.daemon:
-                self.daemon.stop()
+            self._check_daemon_namespace()
         print_report(self.figures, self.notes, self.args)
         return 0
 
@@ -202,22 +210,24 @@ class Inside:
         standalone, daemon_bin = (os.path.join(self.workdir, d) for d in ("bin-standalone", "bin-daemon"))
         install(standalone, daemon_socket=None)
         install(daemon_bin, daemon_socket=self.socket)
-        # already inside the host namespace: no `ip netns exec`; measured once warm
-        self.daemon = runtime.DaemonProcess(None, self.socket, os.path.join(self.workdir, "daemon.log"),
-                                            wait_warm=True)
-        try:
-            self.daemon.start()
-        except RuntimeError as e:
-            raise PluginFailed(f"the daemon did not start: {e}") from None
         return [Flavor("standalone", standalone, 0), Flavor("daemon", daemon_bin, 1),
                 Flavor("reference", REFERENCE_BIN, 2)]
 
     def _daemon_rss_mib(self, field="VmRSS") -> float:
         """The daemon process plus its worker host (call processes come and go)."""
-        pid = self.daemon.proc.pid
+        pid = self.daemon_pid
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             pids = [pid, *map(int, f.read().split())]
         return sum(_status_kib(p, field) for p in pids) / MIB
+
+    def _check_daemon_namespace(self):
+        """The daemon lives in the machine's namespace: none of the bench's bridges may appear there."""
+        if os.readlink(f"/proc/{self.daemon_pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            self.notes.append("the daemon runs in the bench's own network namespace")
+            return
+        with open(f"/proc/{self.daemon_pid}/net/dev") as f:
+            leaked = [line.split(":")[0].strip() for line in f if line.strip().startswith("ppb")]
+        self.notes.append(f"daemon in another network namespace; bench bridges there: {leaked or 'none'}")
 
     def _measure(self):
         runs = self.args.runs

@@ -98,7 +98,7 @@ def test_huge_stdin_gets_the_size_error(native, host_ns):
     started = time.monotonic()
     run = exec_plugin(bin_dir, "bridge", "ADD", config, container_id="c", ifname="eth0", netns="/run/netns/x",
                       host_ns=host_ns)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30
     assert run.code == 1 and run.json["code"] == 6 and "too large" in run.json["msg"]
 
 
