@@ -58,13 +58,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     _configure_logging(args.log_level, args.log_format)
+    server = None
+    stop_asked = []          # a signal may come as soon as the socket exists, before the server does
+
+    def on_signal(*_):
+        stop_asked.append(True)
+        if server:
+            server.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
     listener, owned = listen(args.socket)
     _unlink(args.socket + client.STALLED_SUFFIX)      # a new daemon: callers may ask it at once
     workers = Workers(args.drain_timeout)
     workers.start()          # forked before this process starts any thread (services below do)
     server = Server(listener, workers, args.max_requests)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: server.stop())
+    if stop_asked:
+        server.stop()
     services = []
     code = 0
     try:
@@ -82,6 +92,7 @@ def main(argv=None) -> int:
             service.stop()
         if owned:
             _unlink(args.socket)
+            _unlink(args.socket + client.STALLED_SUFFIX)
             for made in _MADE_DIRS:
                 with contextlib.suppress(OSError):   # not empty: somebody else's files are there now
                     os.rmdir(made)
