@@ -48,3 +48,11 @@ def pod_ips(prev: dict, ifname: str) -> list[dict]:
 def pod_addresses(prev: dict, ifname: str) -> list:
     """The pod interface's addresses, as ipaddress interfaces (address with prefix)."""
     return [ipaddress.ip_interface(ip["address"]) for ip in pod_ips(prev, ifname)]
+
+
+def valid_attachments(request: Request) -> set[tuple[str, str]]:
+    """GC's `cni.dev/valid-attachments` as (container ID, ifname) pairs."""
+    valid = request.config.get("cni.dev/valid-attachments") or []
+    if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
+        raise config_error("cni.dev/valid-attachments must be a list of objects", f"got {valid!r}")
+    return {(str(a.get("containerID", "")), str(a.get("ifname", ""))) for a in valid}

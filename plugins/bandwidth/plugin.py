@@ -100,10 +100,7 @@ def _shaping_problems(host, index: int, name: str, direction: configs.Direction,
 
 def gc(request: skel.Request) -> None:
     """Remove this network's ifb devices whose attachment is not in cni.dev/valid-attachments."""
-    valid = request.config.get("cni.dev/valid-attachments") or []
-    if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
-        raise config_error("cni.dev/valid-attachments must be a list of objects", f"got {valid!r}")
-    keep = {ifb_name(request.network, a.get("containerID", ""), a.get("ifname", "")) for a in valid}
+    keep = {ifb_name(request.network, *attachment) for attachment in chained.valid_attachments(request)}
     prefix = IFB_PREFIX + nftables.network_hash(request.network)[:4]
     with netlink.Namespace() as host:
         for link in host.links():

@@ -143,10 +143,7 @@ def gc(request: skel.Request) -> None:
     """Remove this network's pod chains not in cni.dev/valid-attachments; with none left, the
     network's isolation too."""
     _policy(request)
-    valid = request.config.get("cni.dev/valid-attachments") or []
-    if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
-        raise config_error("cni.dev/valid-attachments must be a list of objects", f"got {valid!r}")
-    FIREWALL.gc(request.network, {(a.get("containerID", ""), a.get("ifname", "")) for a in valid})
+    FIREWALL.gc(request.network, chained.valid_attachments(request))
     table = FIREWALL.table
     with table.lock():
         listing = table.list()

@@ -83,10 +83,7 @@ def check(request: skel.Request) -> None:
 def gc(request: skel.Request) -> None:
     """Forget the saved originals of attachments that are no longer valid (their pods are gone)."""
     conf = configs.load(request)
-    valid = request.config.get("cni.dev/valid-attachments") or []
-    if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
-        raise config_error("cni.dev/valid-attachments must be a list of objects", f"got {valid!r}")
-    keep = {f"{a.get('containerID', '')}-{a.get('ifname', '')}.json" for a in valid}
+    keep = {f"{container_id}-{ifname}.json" for container_id, ifname in chained.valid_attachments(request)}
     try:
         names = os.listdir(conf.data_dir)
     except FileNotFoundError:

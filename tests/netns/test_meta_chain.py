@@ -3,6 +3,7 @@ each one made is in place, CHECK passes, and DEL leaves nothing."""
 
 import json
 
+from podplumb.runtime import Network
 from tests import kernel
 from tests.netns.bridge_helpers import pod_addresses
 from tests.netns.meta_helpers import chain, link, sysctl
@@ -40,3 +41,23 @@ def test_chain_of_every_meta_plugin(plugin_host, netns, data_dir, tmp_path):
     assert list(tuning_dir.iterdir()) == []
     net.delete("ctr", kernel.netns_path(pod))
     net.delete("ctr", "")
+
+
+def test_gc_keeps_only_valid_attachments(cni_bin, host_ns, netns, data_dir, tmp_path):
+    tuning_dir = tmp_path / "tuning"
+    net = Network(chain(data_dir, {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+                        {"type": "tuning", "mtu": 1400, "dataDir": str(tuning_dir)},
+                        {"type": "firewall"}, subnet6=None), cni_bin, host_ns=host_ns)
+    pods = {name: netns("pod") for name in ("keep", "gone")}
+    results = {name: net.add(name, kernel.netns_path(ns), capability_args={"bandwidth": LIMITS})
+               for name, ns in pods.items()}
+    net.gc([("keep", "eth0")])
+    ifbs = [l["ifname"] for l in kernel.ip_json("-d", "link", "show", "type", "ifb", ns=host_ns)]
+    assert ifbs == [next(i["name"] for i in results["keep"]["interfaces"] if i["name"].startswith("bwp"))]
+    assert [p.name for p in tuning_dir.iterdir()] == ["keep-eth0.json"]
+    rules = kernel.sh("nft", "list", "table", "inet", "podplumb-firewall", ns=host_ns).stdout
+    assert pod_addresses(results["keep"])[4] in rules and pod_addresses(results["gone"])[4] not in rules
+    net.delete("keep", kernel.netns_path(pods["keep"]))
+    net.gc([])
+    assert not kernel.ip_json("-d", "link", "show", "type", "ifb", ns=host_ns)
+    assert kernel.sh("nft", "list", "table", "inet", "podplumb-firewall", ns=host_ns, check=False).returncode != 0
