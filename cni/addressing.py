@@ -7,19 +7,25 @@ from cni.errors import CNIError, CHECK_FAILED
 from cni.netlink import Namespace
 
 
-def configure(ns: Namespace, index: int, ips: list, routes: list, dad: bool = False):
+def configure(ns: Namespace, index: int, ips: list, routes: list, dad: bool = False, prefix_route: bool = True):
     """As the reference's ConfigureIface: `arp_notify=1` when there is an IPv4 address (a gratuitous
     ARP as the link comes up, so neighbours forget a previous holder of the address), `ips` added
     (IPv4 with its broadcast; IPv6 with duplicate address detection when `dad`), the link up (then
-    wait for DAD), then `routes`; a route without `gw` goes via its family's IPAM gateway, if any."""
+    wait for DAD), then `routes` (see add_routes). `prefix_route` False: the addresses come without
+    a route to their subnet (ptp routes the subnet through its gateway)."""
     if any(ipaddress.ip_interface(ip["address"]).version == 4 for ip in ips):
         key = f"net/ipv4/conf/{ns.link(index=index).name}/arp_notify"
         sysctl.write_in(ns.path, key, "1") if ns.path else sysctl.ensure(key, "1")
     for ip in ips:
-        ns.add_address(index, ip["address"], nodad=not dad)
+        ns.add_address(index, ip["address"], nodad=not dad, prefix_route=prefix_route)
     ns.set_link(index, state="up")
     if dad and any(ipaddress.ip_interface(ip["address"]).version == 6 for ip in ips):
         ns.wait_for_dad(index)
+    add_routes(ns, index, ips, routes)
+
+
+def add_routes(ns: Namespace, index: int, ips: list, routes: list):
+    """`routes` on the link; a route without `gw` goes via its family's gateway in `ips`, if any."""
     gateways = {ipaddress.ip_interface(ip["address"]).version: ip.get("gateway") for ip in ips}
     for route in routes:
         version = ipaddress.ip_network(route["dst"], strict=False).version

@@ -19,7 +19,8 @@ from pyroute2 import IPRoute, NetlinkError
 
 from cni.errors import CNIError, KERNEL_FAILURE, LINK_CONFLICT, UNKNOWN_CONTAINER
 
-IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
+IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE, IFA_F_NOPREFIXROUTE = 0x02, 0x08, 0x40, 0x200
+RT_SCOPE_LINK = 253
 AF_INET, AF_INET6 = 2, 10
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
@@ -209,9 +210,10 @@ class Namespace:
         return [ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
                 for m in self.ipr.get_addr(index=index)]
 
-    def add_address(self, index: int, address: str, nodad: bool = True):
+    def add_address(self, index: int, address: str, nodad: bool = True, prefix_route: bool = True):
+        """`prefix_route` False: no route to the address's subnet comes with it."""
         iface = ipaddress.ip_interface(address)
-        flags = IFA_F_NODAD if nodad and iface.version == 6 else 0
+        flags = (IFA_F_NODAD if nodad and iface.version == 6 else 0) | (0 if prefix_route else IFA_F_NOPREFIXROUTE)
         extra = {"flags": flags} if flags else {}
         if iface.version == 4 and iface.network.prefixlen < 31:   # as `ip addr add ... brd +` and the reference
             extra["broadcast"] = str(iface.network.broadcast_address)
@@ -257,11 +259,17 @@ class Namespace:
                 out.append((f"{dst}/{m['dst_len']}", m.get_attr("RTA_GATEWAY"), oif))
         return out
 
-    def add_route(self, index: int, dst: str, gateway: str | None = None):
+    def add_route(self, index: int, dst: str, gateway: str | None = None, source: str | None = None,
+                  link_scope: bool = False):
+        """`link_scope`: the destination is directly on the link (as `ip route` marks a route without a gateway)."""
         net = ipaddress.ip_network(dst, strict=False)
         kwargs = {"dst": str(net), "oif": index}
         if gateway:
             kwargs["gateway"] = gateway
+        if source:
+            kwargs["prefsrc"] = source
+        if link_scope:
+            kwargs["scope"] = RT_SCOPE_LINK
         try:
             self.ipr.route("add", **kwargs)
         except NetlinkError as e:

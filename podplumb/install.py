@@ -22,6 +22,8 @@ PLUGINS = {
     "portmap": "plugins.portmap.plugin:PLUGIN",
     "vxlan": "plugins.vxlan.plugin:PLUGIN",
     "loopback": "plugins.loopback.plugin:PLUGIN",
+    "ptp": "plugins.ptp.plugin:PLUGIN",
+    "static": "plugins.static.plugin:PLUGIN",
     "tuning": "plugins.tuning.plugin:PLUGIN",
     "sbr": "plugins.sbr.plugin:PLUGIN",
     "macvlan": "plugins.macvlan.plugin:PLUGIN",

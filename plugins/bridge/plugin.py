@@ -1,15 +1,12 @@
 """bridge: a veth pair from the pod's namespace to a Linux bridge on the host."""
 
 import ipaddress
-import logging
 
-from cni import addressing, invoke, netlink, nftables, result as results, skel
-from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT
+from cni import addressing, chained, invoke, netlink, nftables, result as results, skel, veth
+from cni.errors import CNIError, INVALID_CONFIG, LINK_CONFLICT
 from cni.rollback import Rollback
 
 from plugins.bridge import config, macspoof, setup
-
-LOG = logging.getLogger("podplumb")
 
 
 def add(request: skel.Request) -> dict:
@@ -29,7 +26,7 @@ def add(request: skel.Request) -> dict:
             undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
         ips = _ip_configs(ipam, conf)
         routes = _routes(ipam, conf, ips)
-        host_name = setup.create_veth(host, conf, request.netns, request.ifname)
+        host_name = veth.create(host, request.netns, request.ifname, mtu=conf.mtu, mac=conf.mac)
         undo.push("veth", lambda: host.delete_link(host_name))
         port_index = setup.attach_port(host, conf, bridge.index, host_name)
         if conf.is_gateway:
@@ -97,86 +94,41 @@ def _delete_bridge_if_unused(host: netlink.Namespace, name: str):
 def delete(request: skel.Request):
     conf = config.load(request)
     _ipam(conf, request, "DEL")
-    # Deleting either end of a veth removes the pair: the host end named by prevResult needs no
-    # trip into the pod's namespace, which may be gone already (CNI_NETNS is empty then).
-    host_name = _host_interface(_prev_result_if_readable(request))
-    with netlink.Namespace() as host:
-        veth = host.link(host_name) if host_name else None
-        bridge = host.link(conf.bridge) if veth else None
-        ours = veth is not None and veth.kind == "veth" and bridge is not None and veth.master == bridge.index
-        removed = ours and host.delete_link(host_name)
-    if not removed and request.netns:
-        try:
-            with netlink.Namespace(request.netns) as container:
-                container.delete_link(request.ifname)
-        except CNIError:
-            pass  # the namespace is gone, and the pair with it
+    host_names = veth.host_side_names(chained.prev_result_or_none(request))
+    # The host side is prevResult's second interface outside the sandbox (the first is the bridge).
+    host_name = host_names[1] if len(host_names) > 1 else None
+
+    def on_our_bridge(host: netlink.Namespace, link: netlink.Link) -> bool:
+        bridge = host.link(conf.bridge)
+        return bridge is not None and link.master == bridge.index
+
+    veth.remove(host_name, on_our_bridge, request.netns, request.ifname)
     if conf.ip_masq:
         nftables.remove_masquerade(conf.network, request.container_id, request.ifname)
     if conf.macspoofchk:
         macspoof.remove(conf.network, request.container_id, request.ifname)
 
 
-def _prev_result(request: skel.Request) -> dict | None:
-    prev = request.config.get("prevResult")
-    return results.from_any(prev, request.version) if prev else None
-
-
-def _prev_result_if_readable(request: skel.Request) -> dict | None:
-    """DEL is best-effort: a malformed prevResult is ignored, and the pod's side found from CNI_NETNS."""
-    try:
-        return _prev_result(request)
-    except CNIError as e:
-        LOG.warning("DEL ignores an unreadable prevResult: %s", e)
-        return None
-
-
-def _host_interface(prev: dict | None) -> str | None:
-    """The host-side veth named by a prevResult: the interface without sandbox that is not the bridge."""
-    if not prev:
-        return None
-    host_side = [i["name"] for i in prev["interfaces"]
-                 if not i.get("sandbox") and isinstance(i.get("name"), str) and i["name"]]
-    return host_side[1] if len(host_side) > 1 else None
-
-
 def check(request: skel.Request):
     conf = config.load(request)
-    prev = _prev_result(request)
-    if prev is None:
-        raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
+    prev = veth.prev_result_for_check(request)
     _ipam(conf, request, "CHECK")
-    pod_entry = next((i for i in prev["interfaces"] if i.get("name") == request.ifname and i.get("sandbox")), None)
-    if pod_entry is None:
-        raise _check_failed(f"prevResult has no interface {request.ifname} in a sandbox")
     with netlink.Namespace(request.netns) as container, netlink.Namespace() as host:
-        pod = container.link(request.ifname)
-        if pod is None:
-            raise _check_failed(f"interface {request.ifname} is missing from {request.netns}")
-        if pod.kind != "veth":
-            raise _check_failed(f"{request.ifname} is a {pod.kind or 'non-veth'} link, not a veth")
-        if pod_entry.get("mac") and pod.mac != pod_entry["mac"].lower():
-            raise _check_failed(f"{request.ifname} has MAC {pod.mac}, prevResult says {pod_entry['mac']}")
+        pod = veth.check_pod_link(container, prev, request.ifname, request.netns)
         bridge = host.link(conf.bridge)
         if bridge is None or bridge.kind != "bridge":
-            raise _check_failed(f"bridge {conf.bridge} is missing")
+            raise veth.check_failed(f"bridge {conf.bridge} is missing")
         port = host.link(index=pod.peer)
         if port is None or port.master != bridge.index:
-            raise _check_failed(f"the host side of {request.ifname} is not attached to {conf.bridge}")
-        if conf.disable_container_interface:
-            return
-        pod_index = prev["interfaces"].index(pod_entry)
-        addressing.check(container, pod.index, request.ifname,
-                         [ip for ip in prev["ips"] if ip.get("interface", pod_index) == pod_index], prev["routes"])
+            raise veth.check_failed(f"the host side of {request.ifname} is not attached to {conf.bridge}")
+        if not conf.disable_container_interface:
+            addressing.check(container, pod.index, request.ifname, chained.pod_ips(prev, request.ifname),
+                             prev["routes"])
     if conf.ip_masq and not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
                                                         [ip["address"] for ip in prev["ips"]]):
-        raise _check_failed(f"masquerade rules of {request.container_id} are missing")
+        raise veth.check_failed(f"masquerade rules of {request.container_id} are missing")
     if conf.macspoofchk and not macspoof.present(conf.network, request.container_id, request.ifname):
-        raise _check_failed(f"MAC spoof check rule of {request.container_id} is missing")
-
-
-def _check_failed(msg: str) -> CNIError:
-    return CNIError(CHECK_FAILED, msg)
+        raise veth.check_failed(f"MAC spoof check rule of {request.container_id} is missing")
 
 
 def status(request: skel.Request):

@@ -1,7 +1,6 @@
 """The host and container sides of a bridge attachment: bridge, veth pair, addresses, routes."""
 
 import ipaddress
-import secrets
 
 from cni import addressing, sysctl
 from cni.errors import CNIError, LINK_CONFLICT
@@ -32,17 +31,6 @@ def ensure_bridge(host: Namespace, conf: BridgeConfig) -> tuple:
             host.delete_link(conf.bridge)
         raise
     return host.link(index=link.index), created
-
-
-def create_veth(host: Namespace, conf: BridgeConfig, netns: str, ifname: str) -> str:
-    """A veth pair: a random host-side name, the container side born as `ifname` inside netns."""
-    for _ in range(5):
-        host_name = "veth" + secrets.token_hex(4)
-        if host.add_veth(host_name, ifname, netns, mtu=conf.mtu, peer_mac=conf.mac):
-            return host_name
-        if host.link(host_name) is None:   # the taken name is the pod's, not our random one
-            raise CNIError(LINK_CONFLICT, f"interface {ifname} already exists in {netns}")
-    raise CNIError(LINK_CONFLICT, "cannot find a free host-side veth name")
 
 
 def attach_port(host: Namespace, conf: BridgeConfig, bridge_index: int, host_name: str) -> int:

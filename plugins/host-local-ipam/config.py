@@ -66,7 +66,7 @@ def load(config: dict, cni_args: dict) -> Config:
     routes = _list(ipam, "routes")
     limits.check_count(routes, limits.MAX_ROUTES, "ipam.routes")
     return Config(location=location, range_sets=_range_sets(config, ipam),
-                  routes=tuple(_route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
+                  routes=tuple(route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
                   resolv_conf=resolv_conf, requested=_requested(config, cni_args))
 
 
@@ -106,18 +106,19 @@ def _range_sets(config: dict, ipam: dict) -> tuple[ranges.RangeSet, ...]:
     return sets
 
 
-def _route(spec, where: str) -> dict:
+def route(spec, where: str) -> dict:
+    """One entry of a `routes` list: dst (host bits kept, as the reference does), gw, 1.1.0 numbers."""
     if not isinstance(spec, dict) or "dst" not in spec:
         raise config_error(f"{where} must be an object with a 'dst'", f"got {spec!r}")
-    route = {"dst": _route_destination(spec["dst"], where)}
+    out = {"dst": _route_destination(spec["dst"], where)}
     if spec.get("gw") is not None:
-        route["gw"] = str(ranges.parse_address(spec["gw"], f"{where}: gw"))
+        out["gw"] = str(ranges.parse_address(spec["gw"], f"{where}: gw"))
     for key in _ROUTE_NUMBERS:
         if key in spec:
             if not isinstance(spec[key], int) or isinstance(spec[key], bool):
                 raise config_error(f"{where}: {key} must be an integer", f"got {spec[key]!r}")
-            route[key] = spec[key]
-    return route
+            out[key] = spec[key]
+    return out
 
 
 def _route_destination(text, where: str) -> str:

@@ -1,1 +1,1 @@
-"""The ptp plugin (being written)."""
+"""The ptp plugin: a veth pair per pod, routed (not bridged) by the host."""

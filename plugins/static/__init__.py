@@ -1,1 +1,1 @@
-"""The static plugin (being written)."""
+"""The static IPAM plugin: fixed addresses, routes and DNS from the config, runtimeConfig or CNI_ARGS."""
