@@ -6,11 +6,13 @@ import json
 
 import pytest
 
+from cni.nftables import MASQ
 from podplumb.runtime import Network, PluginFailed
 from tests import kernel
 from tests.conftest import REFERENCE_BIN, reference_available
 from tests.netns.bridge_helpers import VERSIONS, host_links, leases, pod_addresses
 from tests.netns.test_bad_input import assert_clean_error
+from tests.netns.test_portmap_env import settle
 
 SUBNET4, SUBNET6 = "10.78.0.0/24", "fd78::/64"
 GATEWAY = {4: "10.78.0.1", 6: "fd78::1"}
@@ -26,7 +28,7 @@ def ptp_conflist(data_dir, version="1.1.0", **keys):
 
 
 def _masq_rules(host_ns) -> str:
-    return kernel.sh("nft", "list", "table", "inet", "podplumb-masq", ns=host_ns, check=False).stdout
+    return kernel.sh("nft", "list", "table", "inet", MASQ.table.name, ns=host_ns, check=False).stdout
 
 
 def _host_veths(host_ns) -> list:
@@ -48,10 +50,10 @@ def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
         assert {r["dst"] for r in result["routes"]} == {"0.0.0.0/0", "::/0", "192.0.2.0/24"}
 
     a, b = (pod_addresses(r) for r in results)
+    settle(plugin_host.ns, *pods)   # the veths' link-local addresses: IPv6 forwarding waits for their DAD
     for family in (4, 6):
         assert kernel.ping(plugin_host.ns, a[family]), f"host to pod over IPv{family}"
         assert kernel.ping(pods[0], GATEWAY[family]), f"pod to its gateway over IPv{family}"
-        # the first packet may be lost while the host resolves the other pod (the reference too)
         assert kernel.ping(pods[0], b[family], count=3), f"pod to pod through the host over IPv{family}"
 
     if version >= "0.4.0":
