@@ -4,8 +4,10 @@ redirect of a link's ingress, and an htb variant that leaves chosen subnets unsh
 import dataclasses
 import errno
 import ipaddress
+import logging
 
 from pyroute2 import NetlinkError
+from pyroute2.netlink.rtnl.tcmsg import common as tc_common
 
 from cni import netlink
 from cni.errors import CNIError, KERNEL_FAILURE
@@ -19,6 +21,22 @@ LATENCY = "25ms"             # how long a packet may wait in the bucket (sets th
 ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
 # Offsets of the source and destination addresses in the IPv4 and IPv6 headers.
 _ADDRESS_OFFSET = {(4, "src"): 12, (4, "dst"): 16, (6, "src"): 8, (6, "dst"): 24}
+
+
+LOG = logging.getLogger("podplumb")
+
+
+def bucket(rate_bits: int, burst_bits: int) -> tuple[int, int]:
+    """(rate, burst) in bytes as the kernel takes them. The kernel holds a bucket as the time its
+    burst takes at the rate, in 32 bits of scheduler ticks: a burst beyond that (containerd asks for
+    2^32 - 1 bits whatever the rate) is cut to the largest that fits, not wrapped around."""
+    rate = rate_bits // 8
+    largest = int(rate * (2**32 - 1) / (tc_common.tick_in_usec * tc_common.TIME_UNITS_PER_SEC))
+    burst = burst_bits // 8
+    if burst > largest:
+        LOG.info("tc: burst of %d bytes at %d bytes/s cut to %d, the most the kernel holds", burst, rate, largest)
+        burst = largest
+    return rate, burst
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +79,9 @@ def htb_class_rates(ns: netlink.Namespace, index: int) -> dict[int, int]:
 
 def shape(ns: netlink.Namespace, index: int, rate_bits: int, burst_bits: int):
     """A token bucket as the root qdisc of the link: what the link sends is held to the rate."""
+    rate, burst = bucket(rate_bits, burst_bits)
     try:
-        ns.ipr.tc("add", "tbf", index, ROOT_HANDLE, rate=rate_bits // 8, burst=burst_bits // 8, latency=LATENCY)
+        ns.ipr.tc("add", "tbf", index, ROOT_HANDLE, rate=rate, burst=burst, latency=LATENCY)
     except NetlinkError as e:
         raise _kernel(f"cannot add a tbf qdisc on link {index}")(e) from None
 
@@ -72,10 +91,10 @@ def shape_subnets(ns: netlink.Namespace, index: int, rate_bits: int, burst_bits:
     """An htb root qdisc: traffic whose `match` address ("src"/"dst") is in `subnets` goes to the
     shaped class when `shaped`, else to the unshaped one; all other traffic to the other class."""
     listed, other = (SHAPED_CLASS, UNSHAPED_CLASS) if shaped else (UNSHAPED_CLASS, SHAPED_CLASS)
+    rate, burst = bucket(rate_bits, burst_bits)
     try:
         ns.ipr.tc("add", "htb", index, ROOT_HANDLE, default=other & 0xFFFF)
-        ns.ipr.tc("add-class", "htb", index, SHAPED_CLASS, parent=ROOT_HANDLE, rate=rate_bits // 8,
-                  burst=burst_bits // 8)
+        ns.ipr.tc("add-class", "htb", index, SHAPED_CLASS, parent=ROOT_HANDLE, rate=rate, burst=burst)
         ns.ipr.tc("add-class", "htb", index, UNSHAPED_CLASS, parent=ROOT_HANDLE, rate=UNSHAPED_RATE)
         for prio, subnet in enumerate(subnets, start=1):
             net = ipaddress.ip_network(subnet)

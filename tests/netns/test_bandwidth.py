@@ -147,6 +147,15 @@ def test_bad_input_is_refused_and_leaves_nothing(cni_bin, host_ns, netns, data_d
         assert run.code != 0 and run.json["code"] == 7, (limits, run.stdout)
         assert words in run.json["msg"] + run.json.get("details", ""), (limits, run.stdout)
         assert ifbs(host_ns) == [] and set(qdiscs(host_ns, host_veth(result))) <= {"noqueue"}
+    # containerd asks for bursts of 2^32 - 1 bits whatever the rate: cut to what the kernel holds
+    limits = {"IngressRate": 1_000_000, "IngressBurst": 2**32 - 1, "EgressRate": 1_000_000, "EgressBurst": 2**32 - 1}
+    config = {"cniVersion": "1.1.0", "name": net.conflist["name"], "type": "bandwidth", "prevResult": result,
+              "runtimeConfig": {"bandwidth": limits}}
+    for command in ("ADD", "CHECK"):
+        run = exec_plugin(cni_bin, "bandwidth", command, config, container_id="ctr", netns=kernel.netns_path(pod),
+                          ifname="eth0", host_ns=host_ns)
+        assert run.code == 0, run.stdout
+    assert qdiscs(host_ns, host_veth(result))["tbf"]["options"]["rate"] == 125_000
     net.delete("ctr", kernel.netns_path(pod))
 
 
