@@ -6,7 +6,7 @@ import logging
 import os
 
 from cni import chained, files, link_settings, netlink, skel, sysctl
-from cni.errors import CHECK_FAILED, CNIError, IO_FAILURE, config_error
+from cni.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, IO_FAILURE, UNKNOWN_CONTAINER, config_error
 from cni.rollback import Rollback
 from plugins.tuning import config as configs
 
@@ -52,7 +52,7 @@ def delete(request: skel.Request) -> None:
                     link_settings.apply(pod, link.index, saved.get("link", {}))
             _restore_sysctls(request.netns, saved.get("sysctl", {}))
         except CNIError as e:
-            if e.code != 3:      # the namespace went away meanwhile: nothing to restore
+            if e.code != UNKNOWN_CONTAINER:   # the namespace went away meanwhile: nothing to restore
                 raise
     _remove(state_path)
 
@@ -133,7 +133,7 @@ def _write_sysctl(netns: str, key: str, value: str):
     try:
         sysctl.write_in(netns, key, value)
     except OSError as e:
-        code = 7 if e.errno in (errno.EINVAL, errno.ERANGE, errno.ENOENT) else IO_FAILURE
+        code = INVALID_CONFIG if e.errno in (errno.EINVAL, errno.ERANGE, errno.ENOENT) else IO_FAILURE
         raise CNIError(code, f"tuning: cannot set sysctl {key} to {value!r}", e.strerror or str(e)) from None
 
 
