@@ -24,6 +24,8 @@ SHARED_MODES = SUPPORTED_MODES | {
     Mode.MULTI_NODE_MULTI_WRITER,
 }
 
+# Parameters the CO's sidecars add (PVC name, secrets' names ...): not ours to judge.
+CO_PARAMETER_PREFIX = "csi.storage.k8s.io/"
 MAX_NAME = 128
 MAX_PATH = 4096
 MAX_FLAGS_BYTES = 4096
@@ -39,6 +41,13 @@ def name(value):
     if _BANNED.search(value):
         raise InvalidArgument("name contains control characters")
     return value
+
+
+def parameters(given, known=frozenset()):
+    """Every parameter is one we know, or one the CO's sidecars add."""
+    unknown = sorted(k for k in given if k not in known and not k.startswith(CO_PARAMETER_PREFIX))
+    if unknown:
+        raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
 
 
 def path(value, what):

@@ -17,7 +17,6 @@ from csi.v1 import csi_pb2, csi_pb2_grpc
 MiB = 1 << 20
 GiB = 1 << 30
 DEFAULT_LOOP_SIZE = GiB
-IGNORED_PARAMETER_PREFIX = "csi.storage.k8s.io/"
 
 RPC = csi_pb2.ControllerServiceCapability.RPC
 CAPABILITIES = [
@@ -39,16 +38,9 @@ def round_up(n):
     return -(-n // MiB) * MiB
 
 
-def foreign_parameters(parameters, known):
-    return sorted(k for k in parameters
-                  if k not in known and not k.startswith(IGNORED_PARAMETER_PREFIX))
-
-
 def volume_kind(parameters, caps):
     kind_parameters = gluster.PARAMETERS if parameters.get("kind") == "gluster" else set()
-    unknown = foreign_parameters(parameters, {"kind"} | kind_parameters)
-    if unknown:
-        raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
+    checks.parameters(parameters, {"kind"} | kind_parameters)
     if "kind" in parameters:
         kind = parameters["kind"]
     else:
@@ -388,9 +380,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     @rpc("source_volume_id", "name")
     def CreateSnapshot(self, request, context):
         name = checks.name(request.name)
-        unknown = foreign_parameters(request.parameters, set())
-        if unknown:
-            raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
+        checks.parameters(request.parameters)
         source_id = request.source_volume_id
         with self.driver.busy.hold("create-snapshot:" + name):
             with self.driver.store.transaction() as tx:

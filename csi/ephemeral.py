@@ -26,7 +26,6 @@ from csi.state import Ephemeral
 log = logging.getLogger(__name__)
 
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
-CO_PREFIX = "csi.storage.k8s.io/"      # pod information kubelet adds; not ours to judge
 ATTRIBUTES = frozenset({"kind", "size"})
 KINDS = ("bind", "loop", "tmpfs")
 DEFAULT_SIZE = {"bind": 0, "loop": 1 << 30, "tmpfs": 64 << 20}
@@ -52,10 +51,7 @@ def parse(volume_id, target, cap, readonly, context):
     """The Ephemeral an inline NodePublishVolume asks for (local_id still empty)."""
     if not CO_VOLUME_ID.match(volume_id) or is_volume_id(volume_id) or is_snapshot_id(volume_id):
         raise InvalidArgument(f"not a volume ID for an inline volume: {volume_id!r}")
-    unknown = sorted(k for k in context if k not in ATTRIBUTES and not k.startswith(CO_PREFIX))
-    if unknown:
-        raise InvalidArgument(f"unknown volume attribute(s): {', '.join(unknown)}; "
-                              f"inline volumes take {sorted(ATTRIBUTES)}")
+    checks.parameters(context, ATTRIBUTES)     # kubelet adds csi.storage.k8s.io/pod.* too
     kind = context.get("kind", "bind")
     if kind not in KINDS:
         raise InvalidArgument(f"unknown kind {kind!r} for an inline volume; use one of {KINDS}")

@@ -13,7 +13,7 @@ import os
 
 from csi import checks, layout, mounts
 from csi.backends import BACKENDS
-from csi.controller import foreign_parameters, snapshot_message, timestamp
+from csi.controller import snapshot_message, timestamp
 from csi.driver import get_volume
 from csi.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, rpc
 from csi.state import GroupSnapshot, Snapshot
@@ -48,9 +48,7 @@ class GroupControllerService(csi_pb2_grpc.GroupControllerServicer):
     @rpc("name", "source_volume_ids")
     def CreateVolumeGroupSnapshot(self, request, context):
         name = checks.name(request.name)
-        unknown = foreign_parameters(request.parameters, set())
-        if unknown:
-            raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
+        checks.parameters(request.parameters)
         ids = list(request.source_volume_ids)
         if len(set(ids)) != len(ids):
             raise InvalidArgument("source_volume_ids lists a volume twice")

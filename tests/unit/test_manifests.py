@@ -41,35 +41,32 @@ _METADATA = {
                    "annotations": _STRING_MAP},
     "additionalProperties": False,
 }
+
+
+def _class_schema(api_version, kind):
+    """A (group) snapshot class: driver, deletion policy, parameters."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "driver", "deletionPolicy"],
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "driver": {"type": "string", "minLength": 1},
+            "deletionPolicy": {"enum": ["Delete", "Retain"]},
+            "parameters": _STRING_MAP,
+        },
+        "additionalProperties": False,
+    }
+
+
 # Written from the snapshot.storage.k8s.io/v1 CRDs (external-snapshotter).
 CRD_SCHEMAS = {
-    ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "driver", "deletionPolicy"],
-        "properties": {
-            "apiVersion": {"const": "snapshot.storage.k8s.io/v1"},
-            "kind": {"const": "VolumeSnapshotClass"},
-            "metadata": _METADATA,
-            "driver": {"type": "string", "minLength": 1},
-            "deletionPolicy": {"enum": ["Delete", "Retain"]},
-            "parameters": _STRING_MAP,
-        },
-        "additionalProperties": False,
-    },
+    ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"):
+        _class_schema("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"),
     # groupsnapshot.storage.k8s.io/v1beta1 (external-snapshotter v8.2)
-    ("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass"): {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "driver", "deletionPolicy"],
-        "properties": {
-            "apiVersion": {"const": "groupsnapshot.storage.k8s.io/v1beta1"},
-            "kind": {"const": "VolumeGroupSnapshotClass"},
-            "metadata": _METADATA,
-            "driver": {"type": "string", "minLength": 1},
-            "deletionPolicy": {"enum": ["Delete", "Retain"]},
-            "parameters": _STRING_MAP,
-        },
-        "additionalProperties": False,
-    },
+    ("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass"):
+        _class_schema("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass"),
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): {
         "type": "object",
         "required": ["apiVersion", "kind", "metadata", "spec"],
