@@ -31,6 +31,7 @@ GREETING_TIMEOUT = 0.2         # connect + greeting: what a stalled daemon costs
 CONNECT_TIMEOUT = GREETING_TIMEOUT
 STALL_BACKOFF = 10.0           # seconds during which a daemon that did not greet is not asked again
 STALLED_SUFFIX = ".stalled"
+DHCP_SOCKET_ENV = "PODPLUMB_DHCP_SOCKET"    # where the dhcp plugin finds the daemon's DHCP lease service
 REQUEST_TIMEOUT = 120.0        # the whole call; env PODPLUMB_DAEMON_TIMEOUT overrides (seconds)
 TIMEOUT_ENV = "PODPLUMB_DAEMON_TIMEOUT"
 MAX_ENV_BYTES = 1 << 20        # the environment's share of a request
@@ -226,3 +227,9 @@ def config_version(stdin: bytes) -> str:
         return FALLBACK_VERSION
     parts = version.split(".") if isinstance(version, str) else []
     return version if len(parts) == 3 and all(p.isdigit() for p in parts) else FALLBACK_VERSION
+
+
+def dhcp_socket(daemon_socket: str) -> str:
+    """The DHCP lease service's socket of the daemon serving `daemon_socket`: beside it, <name>-dhcp.sock."""
+    base = daemon_socket[:-len(".sock")] if daemon_socket.endswith(".sock") else daemon_socket
+    return base + "-dhcp.sock"

@@ -70,6 +70,8 @@ def main(argv=None) -> int:
         signal.signal(signum, on_signal)
     listener, owned = listen(args.socket)
     _unlink(args.socket + client.STALLED_SUFFIX)      # a new daemon: callers may ask it at once
+    if dhcp_socket_path(args):    # the dhcp plugin, run by our workers, asks our own lease service
+        os.environ.setdefault(client.DHCP_SOCKET_ENV, dhcp_socket_path(args))
     workers = Workers(args.drain_timeout)
     workers.start()          # forked before this process starts any thread (services below do)
     server = Server(listener, workers, args.max_requests)
@@ -176,10 +178,7 @@ def _start_metrics(args, workers: Workers):
 
 
 def dhcp_socket_path(args) -> str:
-    if args.dhcp_socket is not None:
-        return args.dhcp_socket
-    base = args.socket[:-len(".sock")] if args.socket.endswith(".sock") else args.socket
-    return base + "-dhcp.sock"
+    return client.dhcp_socket(args.socket) if args.dhcp_socket is None else args.dhcp_socket
 
 
 def _start_overlay(config_path: str):

@@ -25,6 +25,9 @@ def _serve(module: str, env: dict, stdin: bytes, daemon_socket: str | None,
         answer = client.forward(daemon_socket, module, env, stdin)
         if answer is not None:
             return answer
+    if daemon_socket:   # the dhcp plugin asks the lease service of the daemon this executable was installed for
+        from podplumb.client import DHCP_SOCKET_ENV, dhcp_socket
+        env.setdefault(DHCP_SOCKET_ENV, dhcp_socket(daemon_socket))
     if site_dir:   # the plugin needs third-party packages (pyroute2): only now pay for site-packages
         import site
         site.addsitedir(site_dir)

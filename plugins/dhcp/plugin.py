@@ -2,8 +2,9 @@
 released by the lease service of `podplumb daemon` (plugins.dhcp.service), as the reference's `dhcp`
 plugin asks its `dhcp daemon`; this plugin only forwards each call there.
 
-The service's socket: `ipam.daemonSocketPath` (the reference's key), else $PODPLUMB_DHCP_SOCKET, else
-/run/podplumb/cni-dhcp.sock (where `podplumb daemon` serves it by default).
+The service's socket: `ipam.daemonSocketPath` (the reference's key), else $PODPLUMB_DHCP_SOCKET (which
+the installed executable sets to the one beside its install-time daemon socket, and the daemon to its
+own), else /run/podplumb/cni-dhcp.sock (where `podplumb daemon` serves it by default).
 """
 
 import ipaddress
@@ -18,7 +19,7 @@ from plugins.dhcp import protocol
 
 LOG = logging.getLogger("podplumb")
 
-SOCKET_ENV = "PODPLUMB_DHCP_SOCKET"
+SOCKET_ENV = "PODPLUMB_DHCP_SOCKET"      # podplumb.client.DHCP_SOCKET_ENV (not imported: plugins stand alone)
 CALL_TIMEOUT = 60.0       # the service gives up acquiring after 20 s
 HOW_TO_START = ("start the lease service with `podplumb daemon` (it serves DHCP leases on --dhcp-socket, "
                 "by default /run/podplumb/cni-dhcp.sock next to its CNI socket), or point "
@@ -125,7 +126,9 @@ def _ask(request: skel.Request, message: dict, fd: int | None = None) -> dict:
 
 def socket_path(request: skel.Request) -> str:
     ipam = request.config.get("ipam") if isinstance(request.config.get("ipam"), dict) else {}
-    path = ipam.get("daemonSocketPath") or request.env.get(SOCKET_ENV) or protocol.DEFAULT_SOCKET
+    # The caller's environment, else ours: the launcher and the daemon set it to the daemon's own.
+    path = (ipam.get("daemonSocketPath") or request.env.get(SOCKET_ENV) or os.environ.get(SOCKET_ENV)
+            or protocol.DEFAULT_SOCKET)
     if not isinstance(path, str) or not os.path.isabs(path):
         raise CNIError(INVALID_CONFIG, f"invalid ipam.daemonSocketPath {path!r}", "an absolute path")
     return path

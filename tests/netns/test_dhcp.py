@@ -190,12 +190,12 @@ def test_daemon_stop_keeps_the_servers_lease(dhcp_lan, lease_daemon, host_ns, ne
 def test_example_config(dhcp_lan, lease_daemon, host_ns, netns):
     """conf/cni/dhcp/ holds the example (apart from conf/cni/: it needs a DHCP server and the daemon)."""
     lan, server = dhcp_lan
-    _, dhcp_socket, bin_dir = lease_daemon
+    _, _, bin_dir = lease_daemon
     path = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "cni", "dhcp", "41-podplumb-macvlan-dhcp.conflist")
     with open(path) as f:
         example = json.load(f)
     example["plugins"][0]["master"] = lan.master
-    example["plugins"][0]["ipam"]["daemonSocketPath"] = dhcp_socket      # the default is /run/podplumb/
+    # No daemonSocketPath: the executables, installed for the daemon, find its lease service beside it.
     net = Network(example, bin_dir, host_ns=host_ns)
     pod = netns("pod")
     ip = net.add("ctr", kernel.netns_path(pod))["ips"][0]["address"].split("/")[0]
@@ -203,3 +203,16 @@ def test_example_config(dhcp_lan, lease_daemon, host_ns, netns):
     net.check("ctr", kernel.netns_path(pod))
     net.delete("ctr", kernel.netns_path(pod))
     wait_for(lambda: ip not in server.leases(), 5, "the release")
+
+
+def test_python_launcher_without_a_daemon_names_the_install_time_lease_socket(dhcp_lan, host_ns, netns, tmp_path):
+    lan, _ = dhcp_lan
+    bin_dir = tmp_path / "bin"
+    daemon_socket = str(tmp_path / "gone" / "cni.sock")
+    install(str(bin_dir), daemon_socket=daemon_socket, native=False)
+    conf = conflist(lan, "unused")
+    del conf["plugins"][0]["ipam"]["daemonSocketPath"]
+    with pytest.raises(PluginFailed) as failed:
+        Network(conf, bin_dir, host_ns=host_ns).add("ctr", kernel.netns_path(netns("pod")))
+    assert failed.value.error["code"] == 11
+    assert str(tmp_path / "gone" / "cni-dhcp.sock") in failed.value.error["msg"]

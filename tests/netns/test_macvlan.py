@@ -129,6 +129,18 @@ def test_modes_mtu_and_mac(plugin_host, netns, data_dir):
         net.delete(f"ctr{i}", kernel.netns_path(p))
 
 
+def test_source_and_vepa_modes_as_asked(plugin_host, netns, data_dir):
+    lan = make_lan(netns, plugin_host.ns)
+    for mode in ("source", "vepa"):
+        net = plugin_host.network(macvlan_conflist(data_dir, lan.master, ipam=False, mode=mode))
+        pod = netns("pod")
+        net.add("ctr", kernel.netns_path(pod))
+        assert link_details(pod, "eth0")["linkinfo"]["info_data"]["mode"] == mode
+        net.check("ctr", kernel.netns_path(pod))
+        net.delete("ctr", kernel.netns_path(pod))
+        assert host_links(pod) == ["lo"]
+
+
 def test_passthru_takes_the_master_alone(plugin_host, netns, data_dir):
     lan = make_lan(netns, plugin_host.ns)
     net = plugin_host.network(macvlan_conflist(data_dir, lan.master, mode="passthru", subnet6=False))
