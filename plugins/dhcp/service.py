@@ -88,8 +88,10 @@ class LeaseService:
         netns_fd = fds[0] if fds else None
         for extra in fds[1:]:
             os.close(extra)
-        command = request.get("command")
+        command = request.get("command") if isinstance(request, dict) else None
         try:
+            if command is None:
+                return _error(6, "a DHCP request is a JSON object with a command")
             if command == "GC":
                 return self._gc(request.get("network"), request.get("valid") or [])
             if command == "STATUS":
