@@ -139,8 +139,7 @@ def status(request: skel.Request):
 def gc(request: skel.Request):
     conf = config.load(request)
     invoke.delegate(request, "GC")
-    valid = {(a.get("containerID"), a.get("ifname"))
-             for a in request.config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+    valid = chained.valid_attachments(request)
     nftables.gc_masquerade(conf.network, valid)
 
 
