@@ -81,3 +81,10 @@ def test_runtime_ip_ranges_from_go_cni():
     sets = host_local_config.load(request.config, {}).range_sets
     assert len(sets) == 1 and str(sets[0]) == "10.1.0.10-10.1.0.20"
     assert str(sets[0].ranges[0].subnet) == "10.1.0.0/24"
+
+
+def test_ipam_plugins_keys():
+    ipam = netconf.network_config({"IPAM": {"Type": "dhcp", "DaemonSocketPath": "/run/x.sock",
+                                            "Addresses": [{"Address": "10.1.0.5/24", "Gateway": "10.1.0.1"}]}})["ipam"]
+    assert ipam == {"type": "dhcp", "daemonSocketPath": "/run/x.sock",
+                    "addresses": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1"}]}
