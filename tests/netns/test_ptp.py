@@ -12,7 +12,7 @@ from tests import kernel
 from tests.conftest import REFERENCE_BIN, reference_available
 from tests.netns.bridge_helpers import VERSIONS, host_links, leases, pod_addresses
 from tests.netns.test_bad_input import assert_clean_error
-from tests.netns.test_portmap_env import settle
+from tests.netns.test_portmap_env import CLIENT_EXT, HOST_EXT, SERVER_PORT, environment, request, settle
 
 SUBNET4, SUBNET6 = "10.78.0.0/24", "fd78::/64"
 GATEWAY = {4: "10.78.0.1", 6: "fd78::1"}
@@ -229,3 +229,19 @@ def test_same_results_as_the_reference(cni_bin, netns, tmp_path, version):
         assert leases(str(data_dir), "ptpdiff") == []
     assert seen[0][0] == seen[1][0]
     assert seen[0][1] == seen[1][1]
+
+
+def test_host_port_reaches_a_ptp_pod(cni_bin, host_ns, netns, data_dir):
+    """portmap chained after ptp, with the port mapping spelt as containerd sends it."""
+    with environment(host_ns, netns, str(cni_bin), data_dir) as env:
+        conflist = ptp_conflist(data_dir, "1.0.0", ipMasq=False)
+        conflist["plugins"].append({"type": "portmap", "capabilities": {"portMappings": True}})
+        env.network = Network(conflist, str(cni_bin), host_ns=host_ns, path=[str(cni_bin)])
+        go_style = {"portMappings": [{"HostPort": 18080, "ContainerPort": SERVER_PORT, "Protocol": "tcp",
+                                      "HostIP": ""}]}
+        pod = env.pod("pod-a", go_style)
+        for family in (4, 6):
+            assert request(env.client, "tcp", HOST_EXT[family // 6], 18080) == ("pod-a", CLIENT_EXT[family // 6])
+        env.delete(pod)
+        assert request(env.client, "tcp", HOST_EXT[0], 18080) is None
+        assert env.pod_rules_left() == []
