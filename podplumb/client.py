@@ -98,11 +98,15 @@ def encode_request(module: str, env: dict, stdin: bytes) -> list[bytes]:
     return fields
 
 
+def rights(fds) -> list:
+    """The ancillary data that passes the file descriptors `fds` (SCM_RIGHTS)."""
+    return [(SOL_SOCKET, SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+
+
 def send_request(sock, fields, fds) -> None:
     """The request frame, the file descriptors `fds` riding on its first bytes."""
     data = encode(fields)
-    rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
-    sent = sock.sendmsg([data[:1 << 16]], [(SOL_SOCKET, SCM_RIGHTS, rights)] if fds else [])
+    sent = sock.sendmsg([data[:1 << 16]], rights(fds))
     if sent < len(data):        # (a daemon that answered at once may have closed already)
         sock.sendall(data[sent:])
 

@@ -81,7 +81,7 @@ class Workers:
         return self.channel.fileno()
 
     def submit(self, conn: socket.socket, number: int):
-        self.channel.sendmsg([b"call %d" % number], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes([conn.fileno()]))])
+        self.channel.sendmsg([b"call %d" % number], client.rights([conn.fileno()]))
 
     def finished(self) -> list[int] | None:
         """Numbers of the calls that ended since the last look; None when the worker host is gone."""
@@ -111,10 +111,6 @@ class Workers:
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
         return False
-
-
-def _fd_bytes(fds) -> bytes:
-    return b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
 
 
 def _die_with_parent(signum: int, parent: int):
