@@ -95,7 +95,11 @@ def parse_args(argv):
 
 
 class LoggingInterceptor(grpc.ServerInterceptor):
-    """One stderr line per RPC: method, IDs, status code, duration."""
+    """One stderr line per RPC: method, IDs, status code, duration; and each observer (metrics) told
+    (method, status code, seconds)."""
+
+    def __init__(self, observers=()):
+        self.observers = tuple(observers)
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
@@ -116,6 +120,8 @@ class LoggingInterceptor(grpc.ServerInterceptor):
                 ids = " ".join(f"{f}={getattr(request, f)}" for f in LOGGED_FIELDS
                                if f in request.DESCRIPTOR.fields_by_name and getattr(request, f))
                 took = (time.monotonic() - start) * 1000
+                for observe in self.observers:
+                    observe(method, code, took / 1000)
                 details = context.details() or b""
                 if isinstance(details, bytes):
                     details = details.decode(errors="replace")
@@ -164,14 +170,14 @@ def serve(args):
                            glusterd_socket=args.glusterd_socket,
                            kubelet_dir=args.kubelet_dir, enable_attach=args.enable_attach))
     reconcile(driver)
-    interceptors = [LoggingInterceptor()]
+    observers = []
     metrics_server = None
     if args.metrics_address:
         from csi import metrics
         from podplumb.metrics import serve as serve_metrics
         metrics_server = serve_metrics(args.metrics_address, metrics.StateCollector(driver.layout.db))
-        interceptors.append(metrics.MetricsInterceptor())
-    server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS), interceptors=interceptors)
+        observers.append(metrics.record_rpc)
+    server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS), interceptors=[LoggingInterceptor(observers)])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(driver), server)
     csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(driver), server)
     csi_pb2_grpc.add_NodeServicer_to_server(NodeService(driver), server)

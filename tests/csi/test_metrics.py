@@ -9,15 +9,7 @@ import pytest
 
 from csi.v1 import csi_pb2 as pb
 from tests.csi.conftest import MiB, Driver, dispose_root, mount_cap, new_root
-
-
-def sample(text: str, name: str, **labels) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-            if got == {k: str(v) for k, v in labels.items()}:
-                return float(line.rsplit(" ", 1)[1])
-    return 0
+from tests.prometheus import sample
 
 
 @pytest.fixture

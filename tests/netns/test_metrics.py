@@ -14,6 +14,7 @@ from podplumb.install import install
 from podplumb.runtime import DaemonProcess, Network, PluginFailed
 from tests import kernel
 from tests.netns.bridge_helpers import bridge_conflist
+from tests.prometheus import sample
 
 
 def log_entries(daemon) -> list[dict]:
@@ -37,16 +38,6 @@ def metrics_url(daemon) -> str:
 
 def scrape(url: str, ns: str) -> str:
     return kernel.sh("curl", "-sf", "--max-time", "10", url, ns=ns).stdout
-
-
-def sample(text: str, name: str, **labels) -> float:
-    """The value of the sample `name` with exactly these labels (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-            if got == {k: str(v) for k, v in labels.items()}:
-                return float(line.rsplit(" ", 1)[1])
-    return 0
 
 
 def scrape_until(url: str, ns: str, settled, timeout=10) -> str:
