@@ -37,7 +37,7 @@ def _leases(args):
 
 def _gc(args):
     from podplumb.gc import collect
-    return collect(args.state_dir, args.bin_dir, dry_run=args.dry_run)
+    return collect(args.state_dir, args.bin_dir, dry_run=args.dry_run, conf_dir=args.conf_dir)
 
 
 def _status(args):
@@ -114,7 +114,9 @@ def main(argv=None):
                                    "writes) whose pod network namespace is gone, and remove them through "
                                    "each plugin's own DEL: leases, host links, nftables rules, host ports. "
                                    "A live pod is never touched. Prints what it removed.")
-    p.add_argument("--conf-dir", default="/etc/cni/net.d", help="the runtime's network configs")
+    p.add_argument("--conf-dir", default="/etc/cni/net.d",
+                   help="the runtime's network configs: a stale attachment of a network no longer there is "
+                        "named (and removed with the config recorded at its ADD)")
     p.add_argument("--bin-dir", default="/opt/cni/bin", help="the CNI bin dir whose executables run the DELs")
     p.add_argument("--state-dir", default=state_dir, help="the attachment records ($PODPLUMB_STATE_DIR)")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")

@@ -10,14 +10,21 @@ import os
 from cni import result as results
 from podplumb import attachments
 from podplumb.runtime import exec_plugin
+from podplumb.status import configured_networks
 
 LOG = logging.getLogger("podplumb.gc")
 
 
-def collect(state_dir: str, bin_dir: str, dry_run: bool = False, out=print) -> int:
-    """Remove the stale attachments; 0, or 1 when a DEL failed (its records stay for the next run)."""
+def collect(state_dir: str, bin_dir: str, dry_run: bool = False, out=print, conf_dir: str | None = None) -> int:
+    """Remove the stale attachments; 0, or 1 when a DEL failed (its records stay for the next run).
+    With `conf_dir`, say which stale attachments belong to a network no longer configured there
+    (they are removed all the same, with the config recorded at their ADD)."""
     found = attachments.load(state_dir)
     stale = [a for a in found if a.state() == "stale"]
+    configured = set(configured_networks(conf_dir)) if conf_dir else None
+    for network in sorted({a.network for a in stale} - (configured or set())) if configured is not None else []:
+        out(f"network {network} is no longer configured in {conf_dir}; its attachments go with the config "
+            "recorded at their ADD")
     code = 0
     for attachment in stale:
         what = (f"{attachment.network} {attachment.container_id} {attachment.ifname} "

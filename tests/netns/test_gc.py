@@ -52,8 +52,9 @@ def test_gc_removes_only_attachments_whose_pod_is_gone(host_ns, netns, cni_bin, 
     assert dry.returncode == 0 and "would remove" in dry.stdout and "doomed" in dry.stdout, dry
     assert len(leases(data_dir, conflist["name"])) == 4
 
-    run = podplumb(host_ns, "gc", "--bin-dir", str(cni_bin), state_dir=state_dir)
+    run = podplumb(host_ns, "gc", "--bin-dir", str(cni_bin), "--conf-dir", str(tmp_path), state_dir=state_dir)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert f"network {conflist['name']} is no longer configured in {tmp_path}" in run.stdout
     assert f"removed {conflist['name']} doomed eth0 (bridge portmap" in run.stdout
     assert "tcp/18082->80" in run.stdout and "1 stale, 1 other" in run.stdout
     assert leases(data_dir, conflist["name"]) == leases_with_live_only
