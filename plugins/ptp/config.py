@@ -25,7 +25,7 @@ def load(request: Request) -> PtpConfig:
         raise config_error("'ipMasq' must be true or false", f"got {ip_masq!r}")
     if fields.ipam_type(raw) is None:
         raise config_error("ptp needs ipam", "the pod's addresses and the host's gateway come from IPAM")
-    dns = raw.get("dns")
+    dns = fields.dns(raw)
     return PtpConfig(network=fields.network_name(raw), ip_masq=ip_masq,
                      mtu=fields.integer(raw, "mtu", 0, 68, 65535, zero_ok=True),
-                     dns=dns if isinstance(dns, dict) and any(dns.values()) else None)
+                     dns=dns if dns and any(dns.values()) else None)   # an empty one keeps IPAM's

@@ -10,9 +10,6 @@ from cni.errors import CNIError, INVALID_ENVIRONMENT, config_error
 from plugins.host_local.config import ipam_section, route
 from plugins.host_local.ranges import parse_address
 
-_DNS_LISTS = ("nameservers", "search", "options")
-
-
 @dataclasses.dataclass(frozen=True)
 class StaticConfig:
     addresses: tuple     # of {"address": "10.1.0.5/24", "gateway": "10.1.0.1"?}
@@ -28,6 +25,7 @@ def load(config: dict, cni_args: dict) -> StaticConfig:
         given = _list(source, "ips", where)
         if given:   # replaces what came before, as the reference does
             addresses = [_address({"address": text}, f"{where}.ips[{i}]") for i, text in enumerate(given)]
+    limits.check_count(addresses, limits.MAX_STATIC_ADDRESSES, "static addresses")
     if not addresses:
         raise config_error("static IPAM has no address",
                            "set ipam.addresses, runtimeConfig ips, args.cni.ips or CNI_ARGS IP=")
@@ -36,7 +34,7 @@ def load(config: dict, cni_args: dict) -> StaticConfig:
     limits.check_count(routes, limits.MAX_ROUTES, "ipam.routes")
     return StaticConfig(addresses=tuple(addresses),
                         routes=tuple(route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
-                        dns=_dns(ipam.get("dns")))
+                        dns=fields.dns(ipam) or {})
 
 
 def _list(section: dict, key: str, where: str) -> list:
@@ -99,17 +97,3 @@ def _no_duplicates(addresses: list):
         if ip in seen:
             raise config_error(f"address {ip} is given twice", "each static address may appear once")
         seen.add(ip)
-
-
-def _dns(dns) -> dict:
-    if dns is None:
-        return {}
-    if not isinstance(dns, dict):
-        raise config_error("ipam.dns must be an object", f"got {dns!r}")
-    for key in _DNS_LISTS:
-        value = dns.get(key)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise config_error(f"ipam.dns.{key} must be a list of strings", f"got {value!r}")
-    if dns.get("domain") is not None and not isinstance(dns["domain"], str):
-        raise config_error("ipam.dns.domain must be a string", f"got {dns['domain']!r}")
-    return {k: v for k, v in dns.items() if k in (*_DNS_LISTS, "domain") and v}

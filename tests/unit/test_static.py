@@ -85,6 +85,7 @@ def test_go_style_keys():
     ({"addresses": [{"address": "10.1.0.5/24"}], "routes": [{"dst": "10.2.0.0"}]}, "", 7, "10.2.0.0"),
     ({"addresses": [{"address": "10.1.0.5/24"}], "dns": {"nameservers": "10.1.0.53"}}, "", 7, "nameservers"),
     ({}, "IP=10.1.0.300/24", 4, "10.1.0.300"),
+    ({"addresses": [{"address": f"10.1.{i}.5/24"} for i in range(65)]}, "", 7, "too many"),
     ({"addresses": [{"address": "10.1.0.5/24"}]}, "GATEWAY=10.1.0", 4, "10.1.0"),
 ])
 def test_bad_input(ipam, cni_args, code, text):
