@@ -23,7 +23,8 @@ def _install(args):
                 "foreign": f"REPLACED; the previous {name} is kept as {kept.get(name)}"}[state]
         print(f"  {name:12} {said}")
     if kept:
-        print(f"`podplumb install --restore --cni-bin-dir {args.cni_bin_dir}` puts the replaced ones back.")
+        custom = f" --backup-dir {args.backup_dir}" if args.backup_dir else ""
+        print(f"`podplumb install --restore --cni-bin-dir {args.cni_bin_dir}{custom}` puts the replaced ones back.")
     code_root = os.path.dirname(os.path.dirname(os.path.abspath(install.__file__)))
     print(f"The executables run {sys.executable} with the code in {code_root}: moving or deleting either\n"
           "breaks them; run `podplumb install` again after a move.")
