@@ -73,6 +73,16 @@ def integer(raw: dict, key: str, default: int | None, low: int, high: int, zero_
     return value
 
 
+def list_of(section: dict, key: str, where: str) -> list:
+    """`section[key]`, which must be a list ([] when absent); `where` names the section in errors."""
+    value = section.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise config_error(f"{where}.{key} must be a list", f"got {value!r}")
+    return value
+
+
 def cni_args(raw: dict) -> dict:
     """The config's `args.cni` object ({} when absent)."""
     args = raw.get("args")

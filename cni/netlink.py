@@ -88,6 +88,12 @@ class Namespace:
             raise kernel_error(f"cannot read link {name or index}", e) from None
         return _to_link(msgs[0])
 
+    def require_absent(self, name: str):
+        """LINK_CONFLICT when link `name` exists here (a pod's interface left by an earlier ADD)."""
+        if self.link(name) is not None:
+            raise CNIError(LINK_CONFLICT, f"interface {name} already exists in {self.path or 'this namespace'}",
+                           "DEL the earlier attachment first")
+
     def links(self) -> list[Link]:
         return [_to_link(m) for m in self.ipr.get_links()]
 

@@ -3,7 +3,7 @@
 import ipaddress
 
 from cni import addressing, chained, invoke, netlink, nftables, result as results, skel, veth
-from cni.errors import CNIError, INVALID_CONFIG, LINK_CONFLICT
+from cni.errors import CNIError, INVALID_CONFIG
 from cni.rollback import Rollback
 
 from plugins.bridge import config, macspoof, setup
@@ -12,9 +12,7 @@ from plugins.bridge import config, macspoof, setup
 def add(request: skel.Request) -> dict:
     conf = config.load(request)
     with netlink.Namespace(request.netns) as container, netlink.Namespace() as host, Rollback() as undo:
-        if container.link(request.ifname) is not None:
-            raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
-                           "DEL the earlier attachment first")
+        container.require_absent(request.ifname)
         # The bridge first (as the reference does): a name taken by another kind of link is refused
         # before IPAM has leased anything.
         bridge, created = setup.ensure_bridge(host, conf)

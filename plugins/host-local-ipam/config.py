@@ -63,27 +63,19 @@ def load(config: dict, cni_args: dict) -> Config:
     resolv_conf = ipam.get("resolvConf") or None
     if resolv_conf is not None and not isinstance(resolv_conf, str):
         raise config_error("ipam.resolvConf must be a string", f"got {resolv_conf!r}")
-    routes = _list(ipam, "routes")
+    routes = fields.list_of(ipam, "routes", "ipam")
     limits.check_count(routes, limits.MAX_ROUTES, "ipam.routes")
     return Config(location=location, range_sets=_range_sets(config, ipam),
                   routes=tuple(route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
                   resolv_conf=resolv_conf, requested=_requested(config, cni_args))
 
 
-def _list(section: dict, key: str, where: str = "ipam") -> list:
-    value = section.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise config_error(f"{where}.{key} must be a list", f"got {value!r}")
-    return value
-
-
 def _range_sets(config: dict, ipam: dict) -> tuple[ranges.RangeSet, ...]:
     """In the reference's order, which fixes the index of `last_reserved_ip.<index>`:
     runtimeConfig.ipRanges, then the single range at the top of `ipam`, then `ipam.ranges`."""
     runtime = config.get("runtimeConfig") if isinstance(config.get("runtimeConfig"), dict) else {}
-    specs = [(s, f"runtimeConfig.ipRanges[{i}]") for i, s in enumerate(_list(runtime, "ipRanges", "runtimeConfig"))]
+    specs = [(s, f"runtimeConfig.ipRanges[{i}]")
+             for i, s in enumerate(fields.list_of(runtime, "ipRanges", "runtimeConfig"))]
     if "subnet" in ipam:
         specs.append(([{k: ipam[k] for k in _LEGACY_KEYS if k in ipam}], "ipam"))
     else:
@@ -91,7 +83,7 @@ def _range_sets(config: dict, ipam: dict) -> tuple[ranges.RangeSet, ...]:
         if stray:
             raise config_error(f"ipam.{stray[0]} is set but ipam.subnet is not",
                                "the single-range form needs a subnet; with 'ranges', set it per range")
-    specs += [(s, f"ipam.ranges[{i}]") for i, s in enumerate(_list(ipam, "ranges"))]
+    specs += [(s, f"ipam.ranges[{i}]") for i, s in enumerate(fields.list_of(ipam, "ranges", "ipam"))]
     if not specs:
         raise config_error("no IP ranges specified", "set ipam.ranges or ipam.subnet")
     limits.check_count(specs, limits.MAX_RANGE_SETS, "IPAM range sets")
@@ -142,8 +134,9 @@ def _requested(config: dict, cni_args: dict) -> tuple[ranges.Address, ...]:
         except CNIError as e:
             raise CNIError(INVALID_ENVIRONMENT, e.msg, e.details) from None
     found += [ranges.parse_address(t, "args.cni.ips entry")
-              for t in _list(fields.cni_args(config), "ips", "args.cni")]
+              for t in fields.list_of(fields.cni_args(config), "ips", "args.cni")]
     runtime = config.get("runtimeConfig")
     if isinstance(runtime, dict):
-        found += [ranges.parse_address(t, "runtimeConfig.ips entry") for t in _list(runtime, "ips", "runtimeConfig")]
+        found += [ranges.parse_address(t, "runtimeConfig.ips entry")
+                  for t in fields.list_of(runtime, "ips", "runtimeConfig")]
     return tuple(dict.fromkeys(found))

@@ -8,7 +8,7 @@ reference plugin. No bridge: pods of the network talk through the host's routing
 import ipaddress
 
 from cni import addressing, chained, invoke, netlink, nftables, result as results, skel, sysctl, veth
-from cni.errors import CNIError, INVALID_CONFIG, LINK_CONFLICT
+from cni.errors import CNIError, INVALID_CONFIG
 from cni.rollback import Rollback
 
 from plugins.ptp import config
@@ -19,9 +19,7 @@ POD_INDEX = 1   # the result's interfaces: [host end, pod end]
 def add(request: skel.Request) -> dict:
     conf = config.load(request)
     with netlink.Namespace(request.netns) as container, netlink.Namespace() as host, Rollback() as undo:
-        if container.link(request.ifname) is not None:
-            raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
-                           "DEL the earlier attachment first")
+        container.require_absent(request.ifname)
         ipam = invoke.delegate(request, "ADD")
         undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
         ips = _ip_configs(ipam)

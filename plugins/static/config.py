@@ -19,10 +19,11 @@ class StaticConfig:
 
 def load(config: dict, cni_args: dict) -> StaticConfig:
     ipam = ipam_section(config)
-    addresses = [_address(entry, f"ipam.addresses[{i}]") for i, entry in enumerate(_list(ipam, "addresses", "ipam"))]
+    addresses = [_address(entry, f"ipam.addresses[{i}]")
+                 for i, entry in enumerate(fields.list_of(ipam, "addresses", "ipam"))]
     addresses += _from_cni_args(cni_args)
     for source, where in ((fields.cni_args(config), "args.cni"), (_runtime_config(config), "runtimeConfig")):
-        given = _list(source, "ips", where)
+        given = fields.list_of(source, "ips", where)
         if given:   # replaces what came before, as the reference does
             addresses = [_address({"address": text}, f"{where}.ips[{i}]") for i, text in enumerate(given)]
     limits.check_count(addresses, limits.MAX_STATIC_ADDRESSES, "static addresses")
@@ -30,20 +31,11 @@ def load(config: dict, cni_args: dict) -> StaticConfig:
         raise config_error("static IPAM has no address",
                            "set ipam.addresses, runtimeConfig ips, args.cni.ips or CNI_ARGS IP=")
     _no_duplicates(addresses)
-    routes = _list(ipam, "routes", "ipam")
+    routes = fields.list_of(ipam, "routes", "ipam")
     limits.check_count(routes, limits.MAX_ROUTES, "ipam.routes")
     return StaticConfig(addresses=tuple(addresses),
                         routes=tuple(route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
                         dns=fields.dns(ipam) or {})
-
-
-def _list(section: dict, key: str, where: str) -> list:
-    value = section.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise config_error(f"{where}.{key} must be a list", f"got {value!r}")
-    return value
 
 
 def _runtime_config(config: dict) -> dict:
