@@ -110,6 +110,7 @@ def _kill_namespace_processes(ns: str):
 class Call(runtime.Run):
     seconds: float
     max_rss_kib: int
+    cpu_seconds: float = 0.0
 
 
 def spawn(argv: list, env: dict, stdin: bytes = b"") -> Call:
@@ -126,7 +127,8 @@ def spawn(argv: list, env: dict, stdin: bytes = b"") -> Call:
         seconds = time.perf_counter() - started
         files[1].seek(0)
         files[2].seek(0)
-        return Call(os.waitstatus_to_exitcode(status), files[1].read(), files[2].read(), seconds, usage.ru_maxrss)
+        return Call(os.waitstatus_to_exitcode(status), files[1].read(), files[2].read(), seconds, usage.ru_maxrss,
+                    usage.ru_utime + usage.ru_stime)
 
 
 class PluginFailed(Exception):
@@ -140,12 +142,14 @@ class Flavor:
     bin_dir: str
     index: int
     peak_rss_kib: int = 0
+    cpu_seconds: float = 0.0          # of every process it spawned
 
     def call(self, plugin: str, command: str, config: dict | None, **cni) -> Call:
         env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_PATH": self.bin_dir}
         env.update({f"CNI_{k.upper()}": v for k, v in cni.items() if v})
         call = spawn([os.path.join(self.bin_dir, plugin)], env, json.dumps(config).encode() if config else b"")
         self.peak_rss_kib = max(self.peak_rss_kib, call.max_rss_kib)
+        self.cpu_seconds += call.cpu_seconds
         if call.code != 0:
             raise PluginFailed(f"{self.name}: {plugin} {command} exited {call.code}: "
                                f"{call.stdout.decode(errors='replace')} {call.stderr.decode(errors='replace')[-800:]}")
@@ -248,8 +252,11 @@ class Inside:
             for f in self.flavors:          # warm caches; the first call also creates the bridge
                 nets[f.name].cycle("warm", pod[f.name])
             log(f"{label} ADD+DEL cycles ({runs} runs)")
+            cpu_before = self._cpu_seconds()
             self._timed(f"{label} ADD+DEL", {name: (lambda n=net, p=pod[name]: n.cycle(f"c{uuid.uuid4().hex[:8]}", p))
                                             for name, net in nets.items()})
+            self.figures[f"CPU time of one {label} ADD+DEL"] = {
+                name: (after - cpu_before[name]) / runs for name, after in self._cpu_seconds().items()}
 
         log(f"{self.args.pods} pods, {self.args.parallel} at a time")
         for f in self.flavors:
@@ -263,6 +270,21 @@ class Inside:
         self.figures["daemon RSS at the end (MiB)"] = {"daemon": self._daemon_rss_mib()}
         if self.args.profile:
             self._profile()
+
+    def _cpu_seconds(self) -> dict:
+        """CPU time used so far, per flavor: its spawned processes, and for the daemon flavor the
+        daemon's processes too (its main process, the worker host and the call processes it reaped).
+        Independent of how loaded the machine is, unlike wall time."""
+        time.sleep(0.2)          # let the worker host reap the last call process
+        used = {f.name: f.cpu_seconds for f in self.flavors}
+        tick = os.sysconf("SC_CLK_TCK")
+        pid = self.daemon_pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            host = int(f.read().split()[0])
+        own = [int(v) for v in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[11:13]]
+        worker = [int(v) for v in open(f"/proc/{host}/stat").read().rsplit(")", 1)[1].split()[11:15]]
+        used["daemon"] += (sum(own) + sum(worker)) / tick
+        return used
 
     def _timed(self, metric: str, runners: dict):
         samples = {name: [] for name in runners}

@@ -21,13 +21,15 @@ import os
 import sys
 import time
 # The C module behind `socket`: `import socket` would also import enum, selectors and friends.
-from _socket import AF_UNIX, SCM_RIGHTS, SOCK_STREAM, SOL_SOCKET, socket as _unix_socket, timeout as SocketTimeout
+from _socket import (AF_UNIX, SCM_RIGHTS, SO_PEERCRED, SOCK_STREAM, SOL_SOCKET, socket as _unix_socket,
+                     timeout as SocketTimeout)
 
 from cni.limits import MAX_CONFIG_BYTES
 
 DEFAULT_SOCKET = "/run/podplumb/cni.sock"
 GREETING = b"podplumb/1"
-GREETING_TIMEOUT = 0.2         # connect + greeting: what a stalled daemon costs a caller, once
+GREETING_TIMEOUT = 0.2         # connect + greeting: what a stopped daemon costs a caller, once
+BUSY_GREETING_TIMEOUT = 2.0    # ... and one that runs but is slow to greet (a loaded machine)
 CONNECT_TIMEOUT = GREETING_TIMEOUT
 STALL_BACKOFF = 10.0           # seconds during which a daemon that did not greet is not asked again
 STALLED_SUFFIX = ".stalled"
@@ -165,7 +167,12 @@ def _connect(socket_path: str):
     try:
         sock.settimeout(GREETING_TIMEOUT)
         sock.connect(socket_path)
-        greeting = recv_message(sock, time.monotonic() + GREETING_TIMEOUT)
+        try:
+            greeting = recv_message(sock, time.monotonic() + GREETING_TIMEOUT)
+        except SocketTimeout:
+            if not daemon_running(sock):
+                raise
+            greeting = recv_message(sock, time.monotonic() + BUSY_GREETING_TIMEOUT - GREETING_TIMEOUT)
         if greeting != [GREETING]:
             raise FrameError(f"unexpected greeting {greeting!r}")
         return sock
@@ -175,13 +182,25 @@ def _connect(socket_path: str):
     except SocketTimeout:
         sock.close()
         _mark_stalled(socket_path)
-        sys.stderr.write(f"podplumb: node daemon at {socket_path} did not greet within {GREETING_TIMEOUT:g}s; "
+        sys.stderr.write(f"podplumb: node daemon at {socket_path} did not greet in time; "
                          f"running in-process, and not asking it again for {STALL_BACKOFF:g}s\n")
         return None
     except (OSError, FrameError) as e:
         sock.close()
         sys.stderr.write(f"podplumb: node daemon at {socket_path} unusable ({e}); running in-process\n")
         return None
+
+
+def daemon_running(sock) -> bool:
+    """Whether the process listening on `sock` (SO_PEERCRED) is running, not stopped, dead or unknown:
+    a running daemon slow to greet (a loaded machine) is waited for a little longer."""
+    pid = int.from_bytes(sock.getsockopt(SOL_SOCKET, SO_PEERCRED, 12)[:4], sys.byteorder)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return pid > 0 and state in (b"R", b"S", b"D")
 
 
 def _stalled(socket_path: str) -> bool:

@@ -32,6 +32,7 @@
 
 #define GREETING "podplumb/1"
 #define GREETING_TIMEOUT_MS 200          /* podplumb.client.GREETING_TIMEOUT */
+#define BUSY_GREETING_TIMEOUT_MS 2000    /* podplumb.client.BUSY_GREETING_TIMEOUT */
 #define STALL_BACKOFF_S 10               /* podplumb.client.STALL_BACKOFF */
 #define REQUEST_TIMEOUT_S 120.0          /* podplumb.client.REQUEST_TIMEOUT */
 #define MAX_CONFIG_BYTES (4u << 20)      /* cni.limits.MAX_CONFIG_BYTES */
@@ -227,6 +228,40 @@ static void read_stdin(void)
     }
 }
 
+static int wait_readable(int fd, int timeout_ms)
+{
+    double deadline = now() + timeout_ms / 1000.0;
+    for (;;) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int wait_ms = (int)((deadline - now()) * 1000);
+        int ready = poll(&pfd, 1, wait_ms > 0 ? wait_ms : 0);
+        if (ready >= 0 || errno != EINTR)
+            return ready > 0;
+    }
+}
+
+/* Whether the process listening on fd (SO_PEERCRED) runs: not stopped, dead or invisible. A running
+   daemon slow to greet (a loaded machine) is waited for a little longer. */
+static int daemon_running(int fd)
+{
+    struct ucred peer;
+    socklen_t len = sizeof peer;
+    char path[64], stat[512];
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0 || peer.pid <= 0)
+        return 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)peer.pid);
+    int sfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (sfd < 0)
+        return 0;
+    ssize_t n = read(sfd, stat, sizeof stat - 1);
+    close(sfd);
+    if (n <= 0)
+        return 0;
+    stat[n] = 0;
+    char *paren = strrchr(stat, ')');
+    return paren && paren[1] == ' ' && (paren[2] == 'R' || paren[2] == 'S' || paren[2] == 'D');
+}
+
 /* A connection the daemon has greeted, or -1: nothing was asked of it. */
 static int connect_greeted(void)
 {
@@ -245,15 +280,17 @@ static int connect_greeted(void)
         return -1;
     }
     unsigned char frame[4 + 4 + sizeof GREETING - 1];
-    if (read_exactly(fd, frame, sizeof frame, now() + GREETING_TIMEOUT_MS / 1000.0) != 0) {
-        if (errno == ETIMEDOUT) {
-            mark_stalled();
-            fprintf(stderr, "podplumb: node daemon at %s did not greet within %gs; running in-process, and not "
-                    "asking it again for %ds\n", PODPLUMB_SOCKET, GREETING_TIMEOUT_MS / 1000.0, STALL_BACKOFF_S);
-        } else {
-            fprintf(stderr, "podplumb: node daemon at %s unusable (%s); running in-process\n", PODPLUMB_SOCKET,
-                    strerror(errno));
-        }
+    if (!wait_readable(fd, GREETING_TIMEOUT_MS)
+        && !(daemon_running(fd) && wait_readable(fd, BUSY_GREETING_TIMEOUT_MS - GREETING_TIMEOUT_MS))) {
+        mark_stalled();
+        fprintf(stderr, "podplumb: node daemon at %s did not greet in time; running in-process, and not "
+                "asking it again for %ds\n", PODPLUMB_SOCKET, STALL_BACKOFF_S);
+        close(fd);
+        return -1;
+    }
+    if (read_exactly(fd, frame, sizeof frame, now() + BUSY_GREETING_TIMEOUT_MS / 1000.0) != 0) {
+        fprintf(stderr, "podplumb: node daemon at %s unusable (%s); running in-process\n", PODPLUMB_SOCKET,
+                strerror(errno));
         close(fd);
         return -1;
     }
