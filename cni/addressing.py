@@ -1,10 +1,11 @@
 """A pod interface's addresses and routes from an IPAM result: set them, and check them (CHECK)."""
 
+import dataclasses
 import ipaddress
 
-from cni import sysctl
+from cni import result as results, sysctl
 from cni.errors import CNIError, CHECK_FAILED
-from cni.netlink import Namespace
+from cni.netlink import Link, Namespace
 
 
 def configure(ns: Namespace, index: int, ips: list, routes: list, dad: bool = False, prefix_route: bool = True):
@@ -43,3 +44,33 @@ def check(ns: Namespace, index: int, ifname: str, ips: list, routes: list):
     for route in routes:
         if ipaddress.ip_network(route["dst"], strict=False) not in nets:
             raise CNIError(CHECK_FAILED, f"route to {route['dst']} is missing from {ns.path}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What CHECK compares with: the pod interface prevResult names, its addresses, the routes."""
+    interface: dict
+    ips: list
+    routes: list
+
+
+def expected(request) -> Expected:
+    """From prevResult: the interface named CNI_IFNAME in sandbox CNI_NETNS (CHECK_FAILED without one)."""
+    prev = request.config.get("prevResult")
+    if not prev:
+        raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
+    prev = results.from_any(prev, request.version)
+    entry = next((i for i in prev["interfaces"]
+                  if i.get("name") == request.ifname and i.get("sandbox") == request.netns), None)
+    if entry is None:
+        raise CNIError(CHECK_FAILED, f"prevResult has no interface {request.ifname} in sandbox {request.netns}")
+    index = prev["interfaces"].index(entry)
+    return Expected(entry, [ip for ip in prev["ips"] if ip.get("interface", index) == index], prev["routes"])
+
+
+def check_interface(ns: Namespace, link: Link, want: Expected):
+    """CHECK_FAILED when the link's MAC, addresses or routes differ from what prevResult says."""
+    mac = want.interface.get("mac")
+    if mac and link.mac != mac.lower():
+        raise CNIError(CHECK_FAILED, f"{link.name} has MAC {link.mac}, prevResult says {mac}")
+    check(ns, link.index, link.name, want.ips, want.routes)

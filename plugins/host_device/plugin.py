@@ -150,26 +150,14 @@ def check(request: skel.Request):
     conf = config.load(request)
     if not conf.layer2_only:
         invoke.delegate(request, "CHECK")
-    prev = request.config.get("prevResult")
-    if not prev:
-        raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
-    prev = results.from_any(prev, request.version)
-    entry = next((i for i in prev["interfaces"]
-                  if i.get("name") == request.ifname and i.get("sandbox") == request.netns), None)
-    if entry is None:
-        raise CNIError(CHECK_FAILED, f"prevResult has no interface {request.ifname} in sandbox {request.netns}")
-    entry_index = prev["interfaces"].index(entry)
+    want = addressing.expected(request)
     with netlink.Namespace(request.netns) as pod:
         link = pod.link(request.ifname)
         if link is None:
             raise CNIError(CHECK_FAILED, f"interface {request.ifname} is missing from {request.netns}")
         if not pod.alias(link.index):
             raise CNIError(CHECK_FAILED, f"{request.ifname} carries no alias naming its host device")
-        if entry.get("mac") and link.mac != entry["mac"].lower():
-            raise CNIError(CHECK_FAILED, f"{request.ifname} has MAC {link.mac}, prevResult says {entry['mac']}")
-        addressing.check(pod, link.index, request.ifname,
-                         [ip for ip in prev["ips"] if ip.get("interface", entry_index) == entry_index],
-                         prev["routes"])
+        addressing.check_interface(pod, link, want)
 
 
 def status(request: skel.Request):

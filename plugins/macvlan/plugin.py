@@ -28,19 +28,18 @@ def add(request: skel.Request) -> dict:
                 raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
             ips = [dict(ip, interface=0) for ip in ipam["ips"]]
             routes, dns = ipam.get("routes") or [], ipam.get("dns")
-            _announce_changes(request)
+            _announce_ipv6(request)
         # On a shared segment a duplicate address is a real possibility: IPv6 runs DAD, and we wait for it.
         addressing.configure(pod, link.index, ips, routes, dad=True)
     interface = {"name": request.ifname, "mac": link.mac, "sandbox": request.netns}
     return results.new([interface], ips, routes, conf.dns or dns)
 
 
-def _announce_changes(request: skel.Request):
-    """The pod's link tells the LAN when its addresses or MAC change (gratuitous ARP, unsolicited NA),
-    as the reference sets it up: neighbours of a reused address learn the new MAC at once."""
-    for key in (f"net.ipv4.conf.{request.ifname}.arp_notify", f"net.ipv6.conf.{request.ifname}.ndisc_notify"):
-        with contextlib.suppress(OSError):     # IPv6 may be disabled in the pod
-            sysctl.write_in(request.netns, key, "1")
+def _announce_ipv6(request: skel.Request):
+    """Unsolicited neighbour advertisements when the link's addresses or MAC change, as the reference
+    sets up (addressing.configure does the IPv4 side, arp_notify)."""
+    with contextlib.suppress(OSError):     # IPv6 may be disabled in the pod
+        sysctl.write_in(request.netns, f"net.ipv6.conf.{request.ifname}.ndisc_notify", "1")
 
 
 def _lower_namespace(conf: config.MacvlanConfig, request: skel.Request) -> netlink.Namespace:
@@ -112,15 +111,7 @@ def check(request: skel.Request):
     conf = config.load(request)
     if not conf.layer2_only:
         invoke.delegate(request, "CHECK")
-    prev = request.config.get("prevResult")
-    if not prev:
-        raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
-    prev = results.from_any(prev, request.version)
-    entry = next((i for i in prev["interfaces"]
-                  if i.get("name") == request.ifname and i.get("sandbox") == request.netns), None)
-    if entry is None:
-        raise _check_failed(f"prevResult has no interface {request.ifname} in sandbox {request.netns}")
-    entry_index = prev["interfaces"].index(entry)
+    want = addressing.expected(request)
     with netlink.Namespace(request.netns) as pod, _lower_namespace(conf, request) as lower:
         try:
             master = _master(conf, lower)
@@ -136,11 +127,7 @@ def check(request: skel.Request):
             raise _check_failed(f"{request.ifname} is in macvlan mode {mode}, the config says {conf.mode}")
         if link.peer != master.index:
             raise _check_failed(f"{request.ifname} is not on master {master.name}")
-        if entry.get("mac") and link.mac != entry["mac"].lower():
-            raise _check_failed(f"{request.ifname} has MAC {link.mac}, prevResult says {entry['mac']}")
-        addressing.check(pod, link.index, request.ifname,
-                         [ip for ip in prev["ips"] if ip.get("interface", entry_index) == entry_index],
-                         prev["routes"])
+        addressing.check_interface(pod, link, want)
 
 
 def _check_failed(msg: str) -> CNIError:
