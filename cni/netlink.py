@@ -17,6 +17,7 @@ import time
 
 from pyroute2 import IPRoute, NetlinkError
 
+from cni import rtdump
 from cni.errors import CNIError, KERNEL_FAILURE, LINK_CONFLICT, UNKNOWN_CONTAINER
 
 IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE, IFA_F_NOPREFIXROUTE = 0x02, 0x08, 0x40, 0x200
@@ -95,7 +96,15 @@ class Namespace:
                            "DEL the earlier attachment first")
 
     def links(self) -> list[Link]:
+        """Every link: a dump, whose cost grows with the node. Not for a plugin's ADD/DEL/CHECK."""
         return [_to_link(m) for m in self.ipr.get_links()]
+
+    def ports(self, bridge_index: int) -> list[int]:
+        """The ifindexes of the links enslaved to a bridge (the kernel filters the dump)."""
+        try:
+            return rtdump.ports(self.ipr.fileno(), bridge_index)
+        except OSError as e:
+            raise CNIError(KERNEL_FAILURE, f"cannot list the ports of bridge {bridge_index}", str(e)) from None
 
     def add_bridge(self, name: str, mtu: int = 0) -> bool:
         """Create a bridge; False when a link of that name already exists (someone else won the race)."""
@@ -213,8 +222,16 @@ class Namespace:
 
     # addresses
     def addresses(self, index: int) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
-        return [ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
-                for m in self.ipr.get_addr(index=index)]
+        """The link's addresses, filtered by the kernel (a node's veths carry an IPv6 link-local
+        address each: a full dump grows with the pods)."""
+        return [ipaddress.ip_interface(f"{address}/{prefixlen}")
+                for family in (AF_INET, AF_INET6) for address, prefixlen, _ in self._addresses(family, index)]
+
+    def _addresses(self, family: int, index: int) -> list[tuple[str, int, int]]:
+        try:
+            return rtdump.addresses(self.ipr.fileno(), family, index)
+        except OSError as e:
+            raise CNIError(KERNEL_FAILURE, f"cannot read the addresses of link {index}", str(e)) from None
 
     def add_address(self, index: int, address: str, nodad: bool = True, prefix_route: bool = True):
         """`prefix_route` False: no route to the address's subnet comes with it."""
@@ -233,8 +250,7 @@ class Namespace:
         """Wait until no address of the link is tentative; fail if DAD found a duplicate."""
         deadline = time.monotonic() + timeout
         while True:
-            flags = [(m.get_attr("IFA_ADDRESS"), m.get_attr("IFA_FLAGS") or m["flags"])
-                     for m in self.ipr.get_addr(index=index, family=AF_INET6)]
+            flags = [(address, flags) for address, _, flags in self._addresses(AF_INET6, index)]
             duplicate = [a for a, f in flags if f & IFA_F_DADFAILED]
             if duplicate:
                 raise CNIError(KERNEL_FAILURE, f"duplicate address detected: {', '.join(duplicate)}")
@@ -253,17 +269,14 @@ class Namespace:
                 raise kernel_error(f"cannot remove address {address}", e) from None
 
     # routes
-    def routes(self, index: int | None = None) -> list[tuple[str, str | None, int]]:
-        """(dst CIDR, gateway or None, oif) of the main table."""
-        out = []
-        for family in (AF_INET, AF_INET6):
-            for m in self.ipr.get_routes(family=family, table=RT_TABLE_MAIN):
-                oif = m.get_attr("RTA_OIF")
-                if index is not None and oif != index:
-                    continue
-                dst = m.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
-                out.append((f"{dst}/{m['dst_len']}", m.get_attr("RTA_GATEWAY"), oif))
-        return out
+    def routes(self, index: int | None = None, families=(AF_INET, AF_INET6)) -> list[tuple[str, str | None, int]]:
+        """(dst CIDR, gateway or None, oif) of the main table, of link `index` if given (filtered by
+        the kernel: the main table holds an IPv6 link-local route per veth)."""
+        try:
+            return [route for family in families
+                    for route in rtdump.routes(self.ipr.fileno(), family, RT_TABLE_MAIN, index)]
+        except OSError as e:
+            raise CNIError(KERNEL_FAILURE, "cannot read the routing table", str(e)) from None
 
     def add_route(self, index: int, dst: str, gateway: str | None = None, source: str | None = None,
                   link_scope: bool = False):
@@ -312,14 +325,15 @@ class Namespace:
 
     def address_owner(self, address: str) -> int | None:
         """The ifindex holding `address`, None if no link does."""
-        for m in self.ipr.get_addr():
+        family = AF_INET if ipaddress.ip_address(address).version == 4 else AF_INET6
+        for m in self.ipr.get_addr(family=family):
             if m.get_attr("IFA_ADDRESS") == address:
                 return m["index"]
         return None
 
     def default_route_link(self) -> int | None:
         """The output link of the main table's IPv4 default route."""
-        for dst, _, oif in self.routes():
+        for dst, _, oif in self.routes(families=(AF_INET,)):
             if dst == "0.0.0.0/0" and oif:
                 return oif
         return None

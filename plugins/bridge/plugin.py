@@ -85,7 +85,7 @@ def _ipam(conf, request: skel.Request, command: str):
 
 def _delete_bridge_if_unused(host: netlink.Namespace, name: str):
     bridge = host.link(name)
-    if bridge and not any(link.master == bridge.index for link in host.links()):
+    if bridge and not host.ports(bridge.index):
         host.delete_link(name)
 
 

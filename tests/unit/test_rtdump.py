@@ -1,0 +1,55 @@
+"""cni.rtdump against a real kernel: kernel-filtered dumps give what `ip` shows for one link."""
+
+import json
+import sys
+import textwrap
+
+from tests import kernel
+
+
+def _node_with_ports(ns: str, count: int):
+    lines = ["link add br0 type bridge", "link set br0 up", "addr add 10.5.0.1/24 dev br0",
+             "addr add fd05::1/64 dev br0 nodad", "route add 10.6.0.0/24 via 10.5.0.9 dev br0"]
+    for i in range(count):
+        lines += [f"link add va{i} type veth peer name vb{i}", f"link set va{i} master br0 up", f"link set vb{i} up"]
+    kernel.sh("ip", "-batch", "-", ns=ns, input="\n".join(lines) + "\n")
+
+
+def _in_ns(ns: str, code: str):
+    program = "import json\nfrom cni import netlink\n" + textwrap.dedent(code)
+    proc = kernel.sh(sys.executable, "-c", program, ns=ns)
+    return json.loads(proc.stdout)
+
+
+def test_one_links_addresses_routes_and_ports_among_many(netns):
+    ns = netns("pprt")
+    _node_with_ports(ns, 40)
+    got = _in_ns(ns, """
+        with netlink.Namespace() as host:
+            br = host.link("br0")
+            print(json.dumps({"addresses": sorted(str(a) for a in host.addresses(br.index)),
+                              "routes": sorted(map(list, host.routes(br.index))),
+                              "ports": sorted(host.ports(br.index)),
+                              "lo": [str(a) for a in host.addresses(host.link("lo").index)],
+                              "index": br.index}))
+    """)
+    shown = kernel.ip_json("addr", "show", "dev", "br0", ns=ns)[0]["addr_info"]
+    assert got["addresses"] == sorted(f"{a['local']}/{a['prefixlen']}" for a in shown)
+    assert len(got["addresses"]) == 3                                 # v4, v6, and the link-local
+    assert ["10.6.0.0/24", "10.5.0.9", got["index"]] in got["routes"]
+    assert all(oif == got["index"] for _, _, oif in got["routes"])
+    lo = kernel.ip_json("addr", "show", "dev", "lo", ns=ns)[0]["addr_info"]
+    assert sorted(got["lo"]) == sorted(f"{a['local']}/{a['prefixlen']}" for a in lo)   # no other link's
+    ports = [link["ifindex"] for link in kernel.ip_json("link", "show", "master", "br0", ns=ns)]
+    assert got["ports"] == sorted(ports) and len(ports) == 40
+
+
+def test_a_link_without_addresses_or_routes_and_a_bridge_without_ports(netns):
+    ns = netns("pprt")
+    kernel.sh("ip", "link", "add", "br1", "type", "bridge", ns=ns)
+    got = _in_ns(ns, """
+        with netlink.Namespace() as host:
+            br = host.link("br1")
+            print(json.dumps([host.addresses(br.index), host.routes(br.index), host.ports(br.index)]))
+    """)
+    assert got == [[], [], []]
