@@ -14,7 +14,7 @@ def forget_udp(ports) -> int:
         return 0
     import socket
 
-    from pyroute2 import NetlinkError
+    from cni.pyroute2_lite import NetlinkError
     from pyroute2.conntrack import Conntrack
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 

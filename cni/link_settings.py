@@ -3,7 +3,7 @@ all-multicast mode, transmit queue length."""
 
 import dataclasses
 
-from pyroute2 import NetlinkError
+from cni.pyroute2_lite import NetlinkError
 
 from cni import netlink
 from cni.errors import CNIError, UNKNOWN_CONTAINER

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 
-from pyroute2 import IPRoute, NetlinkError
 
 from cni import rtdump
 from cni.errors import CNIError, KERNEL_FAILURE, LINK_CONFLICT, UNKNOWN_CONTAINER
@@ -54,7 +53,22 @@ class Vxlan:
     learning: bool
 
 
-def kernel_error(what: str, error: NetlinkError) -> CNIError:
+class NetlinkError(Exception):
+    """pyroute2's NetlinkError once the first Namespace has loaded pyroute2 (`_load_pyroute2`): a
+    call that needs no netlink (a STATUS, a VERSION, a config error) never pays for importing it.
+    No netlink call happens before a Namespace exists, so nothing raises this placeholder."""
+
+
+IPRoute = None
+
+
+def _load_pyroute2():
+    global IPRoute, NetlinkError
+    if IPRoute is None:
+        from cni.pyroute2_lite import IPRoute, NetlinkError
+
+
+def kernel_error(what: str, error: Exception) -> CNIError:
     return CNIError(KERNEL_FAILURE, what, f"{errno.errorcode.get(error.code, error.code)}: {error}")
 
 
@@ -63,6 +77,7 @@ class Namespace:
 
     def __init__(self, path: str | None = None):
         self.path = path
+        _load_pyroute2()
         try:
             self.ipr = IPRoute(fileno=_netlink_socket_in(path).detach()) if path else IPRoute()
         except FileNotFoundError:

@@ -4,7 +4,7 @@ import dataclasses
 import errno
 import ipaddress
 
-from pyroute2 import NetlinkError
+from cni.pyroute2_lite import NetlinkError
 
 from cni import netlink
 

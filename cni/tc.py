@@ -6,8 +6,8 @@ import errno
 import ipaddress
 import logging
 
-from pyroute2 import NetlinkError
-from pyroute2.netlink.rtnl.tcmsg import common as tc_common
+from cni.pyroute2_lite import NetlinkError
+from pyroute2.netlink.rtnl.tcmsg import common as tc_common  # noqa: I001 (after the lite package)
 
 from cni import netlink
 from cni.errors import CNIError, KERNEL_FAILURE
