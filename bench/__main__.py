@@ -9,7 +9,7 @@ import importlib.util
 import sys
 import traceback
 
-BENCHES = ("cni", "csi", "portmap", "vxlan")     # bench/<name>_bench.py
+BENCHES = ("cni", "csi", "portmap", "vxlan", "scale")     # bench/<name>_bench.py
 
 
 def main(argv=None) -> int:

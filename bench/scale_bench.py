@@ -1,0 +1,202 @@
+"""Scale benchmark: does one pod's cycle cost grow with the node?
+
+`python -m bench --only scale --pods N`: the time of one pod's ADD+DEL (bridge with ipMasq, then
+portmap with one host port), first on an empty node, then with N other pods attached, each with its
+masquerade rule and a host port. Ours (standalone, and through `podplumb daemon`) and the reference
+Go plugins are alternated within every repetition; figures are medians. Ours and the reference each
+get their own N pods on their own bridge (so 2N pods in all). The other pods' interfaces live in a
+few shared namespaces (up to 100 interfaces each: `CNI_IFNAME` eth0..eth99): what the node holds for
+them (veths on the bridge, rules, leases) is what a pod each would make, for far fewer namespaces.
+Everything happens in a throwaway namespace playing the host, as in the cni bench.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from bench.cni_bench import (CNI_VERSION, PREFIX, REFERENCE_BIN, REPO, Flavor, PluginFailed,
+                             _kill_namespace_processes)
+from podplumb import netns, runtime
+from podplumb.install import install
+
+PER_CROWD = 100           # interfaces per namespace of the other pods
+SCALE_TARGET = 1.1        # N pods / no pod, for our flavors
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench --only scale",
+                                     description="one pod's cycle with N other pods on the node")
+    parser.add_argument("--runs", type=int, default=20, help="cycles per flavor and node size (median)")
+    parser.add_argument("--pods", type=int, default=300, help="other pods attached for the second figure")
+    parser.add_argument("--parallel", type=int, default=8, help="other pods attached/detached at a time")
+    parser.add_argument("--quick", action="store_true", help="shrink everything (CI smoke run)")
+    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args(argv)
+    if args.quick:
+        args.runs, args.pods = min(args.runs, 3), min(args.pods, 20)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.inside:
+        return Inside(json.loads(args.inside), args).run()
+    if not os.access(os.path.join(REFERENCE_BIN, "portmap"), os.X_OK):
+        print(f"scale bench: reference plugins missing in {REFERENCE_BIN}", file=sys.stderr)
+        return 1
+    return run_outside(args, argv if argv is not None else sys.argv[1:])
+
+
+def run_outside(args, argv) -> int:
+    run_id = uuid.uuid4().hex[:6]
+    host = f"{PREFIX}-{run_id}-host"
+    crowds = [f"{PREFIX}-{run_id}-c{i}" for i in range(2 * -(-args.pods // PER_CROWD))]
+    pods = [f"{PREFIX}-{run_id}-p{i}" for i in range(3)]
+    workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    daemon = runtime.DaemonProcess(None, os.path.join(workdir, "cni.sock"), os.path.join(workdir, "daemon.log"),
+                                   wait_warm=True)
+    try:
+        with netns.namespaces(host, *pods, *crowds):
+            try:
+                netns.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=host)
+                daemon.start()
+                spec = {"host": host, "pods": pods, "crowds": crowds, "workdir": workdir}
+                inner = [sys.executable, "-m", "bench.scale_bench", *argv, "--inside", json.dumps(spec)]
+                return subprocess.run(["ip", "netns", "exec", host, *inner], cwd=REPO).returncode
+            finally:
+                daemon.stop()
+                _kill_namespace_processes(host)
+    except RuntimeError as e:
+        print(f"scale bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Network(runtime.Network):
+    """bridge (ipMasq) + portmap, its calls spawned by `flavor`; `index` picks bridge, subnet and ports."""
+
+    def __init__(self, flavor: Flavor, workdir: str, name: str, index: int):
+        bridge = {"type": "bridge", "bridge": f"ppsc{index}", "isGateway": True, "ipMasq": True,
+                  "ipam": {"type": "host-local", "dataDir": os.path.join(workdir, "ipam"),
+                           "ranges": [[{"subnet": f"10.{120 + index}.0.0/16"}]]}}
+        super().__init__({"cniVersion": CNI_VERSION, "name": name,
+                          "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": True}}]},
+                         flavor.bin_dir)
+        self.flavor = flavor
+        self.port_base = 20000 + 5000 * index
+
+    def _call(self, plugin, command, config, container_id="", netns="", ifname="", cni_args=""):
+        return self.flavor.call(plugin["type"], command, config, containerid=container_id, netns=netns,
+                                ifname=ifname, args=cni_args)
+
+    def mapping(self, port: int) -> dict:
+        return {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
+
+    def cycle(self, pod: str) -> float:
+        container = f"s{uuid.uuid4().hex[:10]}"
+        started = time.perf_counter()
+        self.add(container, pod, capability_args=self.mapping(self.port_base - 1))
+        self.delete(container, pod)
+        return time.perf_counter() - started
+
+
+class Inside:
+    def __init__(self, spec: dict, args):
+        self.args = args
+        self.pods = [netns.path(p) for p in spec["pods"]]
+        self.crowds = [netns.path(c) for c in spec["crowds"]]
+        self.workdir = spec["workdir"]
+        self.figures = {}           # (flavor, pods) -> seconds
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        standalone, daemon_bin = (os.path.join(self.workdir, d) for d in ("bin-standalone", "bin-daemon"))
+        install(standalone, daemon_socket=None)
+        install(daemon_bin, daemon_socket=os.path.join(self.workdir, "cni.sock"))
+        flavors = [Flavor("standalone", standalone, 0), Flavor("daemon", daemon_bin, 1),
+                   Flavor("reference", REFERENCE_BIN, 2)]
+        ours = Network(flavors[1], self.workdir, "scale-ours", 0)       # the daemon attaches the crowd
+        nets = {"standalone": Network(flavors[0], self.workdir, "scale-ours", 0), "daemon": ours,
+                "reference": Network(flavors[2], self.workdir, "scale-ref", 1)}
+        crowd = {"ours": ours, "reference": nets["reference"]}
+        try:
+            for name, net in nets.items():                    # warm up; the first call makes the bridge
+                net.cycle(self.pods[0])
+            self._measure(nets, 0)
+            log(f"attaching {self.args.pods} pods for ours and for the reference")
+            started = time.perf_counter()
+            for i, net in enumerate(crowd.values()):
+                self._crowd(net, self.crowds[i::2], "ADD")
+            log(f"attached in {time.perf_counter() - started:.0f} s")
+            self._measure(nets, self.args.pods)
+        except PluginFailed as e:
+            print(f"scale bench: a plugin call failed: {e}", file=sys.stderr)
+            return 1
+        finally:
+            for i, net in enumerate(crowd.values()):
+                self._crowd(net, self.crowds[i::2], "DEL")
+        self._report()
+        return 0
+
+    def _measure(self, nets: dict, pods: int):
+        log(f"cycles with {pods} other pods ({self.args.runs} runs)")
+        samples = {name: [] for name in nets}
+        for _ in range(self.args.runs):
+            for i, (name, net) in enumerate(nets.items()):     # flavors alternate
+                samples[name].append(net.cycle(self.pods[i]))
+        for name, values in samples.items():
+            self.figures[(name, pods)] = statistics.median(values)
+
+    def _crowd(self, net: Network, namespaces: list, command: str):
+        """Attach (ADD) or detach (DEL) the other pods, `parallel` at a time; DEL is best effort."""
+        slots = [(namespaces[i // PER_CROWD], f"eth{i % PER_CROWD}", i) for i in range(self.args.pods)]
+
+        def one(slot):
+            ns, ifname, i = slot
+            container = f"crowd{i}"
+            if command == "ADD":
+                net.add(container, ns, ifname, capability_args=net.mapping(net.port_base + i))
+            else:
+                try:
+                    net.delete(container, ns, ifname)
+                except PluginFailed as e:
+                    log(f"DEL of {container} failed: {e}")
+
+        with concurrent.futures.ThreadPoolExecutor(self.args.parallel) as pool:
+            list(pool.map(one, slots))
+
+    def _report(self):
+        n = self.args.pods
+        print(f"\nScale: one pod's bridge(ipMasq)+portmap ADD+DEL, cniVersion {CNI_VERSION}, median of "
+              f"{self.args.runs} runs, ms")
+        header = f"{'flavor':<12}{'no other pod':>14}{f'{n} other pods':>16}{'growth':>9}{'vs reference':>14}"
+        print(header)
+        print("-" * len(header))
+        for flavor in ("standalone", "daemon", "reference"):
+            empty, full = self.figures[(flavor, 0)], self.figures[(flavor, n)]
+            versus = full / self.figures[("reference", n)]
+            print(f"{flavor:<12}{empty * 1000:>14.1f}{full * 1000:>16.1f}{full / empty:>9.2f}{versus:>14.2f}")
+        print(f"\ntarget: ours with {n} pods <= {SCALE_TARGET}x ours with none:")
+        for flavor in ("standalone", "daemon"):
+            growth = self.figures[(flavor, n)] / self.figures[(flavor, 0)]
+            print(f"  {flavor}: {growth:.2f}x {'met' if growth <= SCALE_TARGET else 'MISSED'}")
+
+
+def log(what: str):
+    print(f"scale bench: {what}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
