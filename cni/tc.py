@@ -7,7 +7,7 @@ import ipaddress
 import logging
 
 from cni.pyroute2_lite import NetlinkError
-from pyroute2.netlink.rtnl.tcmsg import common as tc_common  # noqa: I001 (after the lite package)
+from pyroute2.netlink.rtnl.tcmsg import common as tc_common   # after the line above: no pyroute2 __init__
 
 from cni import netlink
 from cni.errors import CNIError, KERNEL_FAILURE
