@@ -141,13 +141,14 @@ class Inside:
                 self._crowd(net, self.crowds[i::2], "ADD")
             log(f"attached in {time.perf_counter() - started:.0f} s")
             self._measure(nets, self.args.pods)
+            self._report()
         except PluginFailed as e:
             print(f"scale bench: a plugin call failed: {e}", file=sys.stderr)
             return 1
         finally:
+            log("detaching the other pods")
             for i, net in enumerate(crowd.values()):
                 self._crowd(net, self.crowds[i::2], "DEL")
-        self._report()
         return 0
 
     def _measure(self, nets: dict, pods: int):
@@ -192,6 +193,7 @@ class Inside:
         for flavor in ("standalone", "daemon"):
             growth = self.figures[(flavor, n)] / self.figures[(flavor, 0)]
             print(f"  {flavor}: {growth:.2f}x {'met' if growth <= SCALE_TARGET else 'MISSED'}")
+        sys.stdout.flush()
 
 
 def log(what: str):
