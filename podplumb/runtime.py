@@ -124,8 +124,8 @@ class Network:
 
 
 class DaemonProcess:
-    """`podplumb daemon` as a child process, inside the namespace `ns` when one is given (the daemon does
-    netlink, nft and sysctl in its own namespace): started and polled until it answers on its socket,
+    """`podplumb daemon` as a child process, inside the namespace `ns` when one is given (its calls work in
+    their callers' namespaces wherever it is): started and polled until it answers on its socket,
     stopped with SIGTERM and, after a bound, SIGKILL."""
 
     START_TIMEOUT = 30
