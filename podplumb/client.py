@@ -140,9 +140,11 @@ def forward(socket_path: str, module: str, env: dict, stdin: bytes) -> tuple[byt
     if sock is None:
         return None
     timeout = request_timeout(env)
-    fds = []
     try:
         fds = caller_namespaces()
+    except OSError:                 # no /proc here: the daemon then finds them through our pid
+        fds = []
+    try:
         sock.settimeout(timeout)
         send_request(sock, fields, fds)
         code, output, stderr = recv_message(sock, time.monotonic() + timeout)
