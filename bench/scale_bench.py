@@ -14,17 +14,13 @@ import argparse
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
-from bench.cni_bench import (CNI_VERSION, PREFIX, REFERENCE_BIN, REPO, Flavor, PluginFailed,
-                             _kill_namespace_processes)
+from bench.cni_bench import CNI_VERSION, PREFIX, REFERENCE_BIN, Flavor, PluginFailed, run_in_fake_host
 from podplumb import netns, runtime
 from podplumb.install import install
 
@@ -58,30 +54,9 @@ def main(argv=None) -> int:
 
 def run_outside(args, argv) -> int:
     run_id = uuid.uuid4().hex[:6]
-    host = f"{PREFIX}-{run_id}-host"
     crowds = [f"{PREFIX}-{run_id}-c{i}" for i in range(2 * -(-args.pods // PER_CROWD))]
     pods = [f"{PREFIX}-{run_id}-p{i}" for i in range(3)]
-    workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    daemon = runtime.DaemonProcess(None, os.path.join(workdir, "cni.sock"), os.path.join(workdir, "daemon.log"),
-                                   wait_warm=True)
-    try:
-        with netns.namespaces(host, *pods, *crowds):
-            try:
-                netns.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=host)
-                daemon.start()
-                spec = {"host": host, "pods": pods, "crowds": crowds, "workdir": workdir}
-                inner = [sys.executable, "-m", "bench.scale_bench", *argv, "--inside", json.dumps(spec)]
-                return subprocess.run(["ip", "netns", "exec", host, *inner], cwd=REPO).returncode
-            finally:
-                daemon.stop()
-                _kill_namespace_processes(host)
-    except RuntimeError as e:
-        print(f"scale bench: {e}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous)
+    return run_in_fake_host("bench.scale_bench", argv, run_id, {"pods": pods, "crowds": crowds})
 
 
 class Network(runtime.Network):

@@ -56,6 +56,27 @@ def delegate(request: Request, command: str | None = None):
     return _exec(executable, request, command)
 
 
+def delegate_if_configured(request: Request, command: str | None = None):
+    """`delegate`, for plugins whose IPAM is optional: a config without one has no IPAM to run (None)."""
+    if fields.ipam_type(request.config) is not None:
+        return delegate(request, command)
+    return None
+
+
+def add_optional_ipam(request: Request, undo) -> tuple[list, list, dict | None]:
+    """ADD through the config's IPAM plugin, if it names one; the lease is released if `undo` rolls back.
+
+    Returns the pod's ips (all on its one interface, index 0), routes and dns; nothing without IPAM.
+    """
+    ipam = delegate_if_configured(request, "ADD")
+    if ipam is None:
+        return [], [], None
+    undo.push("IPAM lease", lambda: delegate(request, "DEL"))
+    if not ipam.get("ips"):
+        raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
+    return [dict(ip, interface=0) for ip in ipam["ips"]], ipam.get("routes") or [], ipam.get("dns")
+
+
 def _in_process(module: str, request: Request):
     plugin = skel.load_plugin(module)
     if plugin.config_fields:   # the delegate reads the config's keys as its own decoder would

@@ -22,7 +22,6 @@ class HostDeviceConfig:
     hwaddr: str | None = None
     kernelpath: str | None = None
     pci_address: str | None = None
-    layer2_only: bool = True
     dns: dict | None = None
 
     def selector(self) -> str:
@@ -58,6 +57,7 @@ def load(request: Request) -> HostDeviceConfig:
         values["pci_address"] = pci.lower()
     if not values:
         raise config_error('specify either "device", "hwaddr", "kernelpath" or "pciBusID"')
+    fields.ipam_type(raw)      # an invalid ipam section fails here, before anything is made
     dns = raw.get("dns")
-    return HostDeviceConfig(network=fields.network_name(raw), layer2_only=fields.ipam_type(raw) is None,
+    return HostDeviceConfig(network=fields.network_name(raw),
                             dns=dns if isinstance(dns, dict) and dns else None, **values)

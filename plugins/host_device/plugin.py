@@ -7,7 +7,7 @@ import logging
 import os
 
 from cni import addressing, invoke, netlink, result as results, skel
-from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT, UNKNOWN_CONTAINER, config_error
+from cni.errors import CNIError, CHECK_FAILED, LINK_CONFLICT, UNKNOWN_CONTAINER, config_error
 from cni.rollback import Rollback
 
 from plugins.host_device import config
@@ -34,14 +34,7 @@ def add(request: skel.Request) -> dict:
         undo.push("move", lambda: _move_out(pod, request.ifname) or _move_out(pod, device.name))
         host.move_link(device.index, request.netns, request.ifname)
         link = pod.link(request.ifname)
-        ips, routes, dns = [], [], None
-        if not conf.layer2_only:
-            ipam = invoke.delegate(request, "ADD")
-            undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
-            if not ipam.get("ips"):
-                raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
-            ips = [dict(ip, interface=0) for ip in ipam["ips"]]
-            routes, dns = ipam.get("routes") or [], ipam.get("dns")
+        ips, routes, dns = invoke.add_optional_ipam(request, undo)
         addressing.configure(pod, link.index, ips, routes, dad=True)
         link = pod.link(index=link.index)
     interface = {"name": request.ifname, "mac": link.mac, "sandbox": request.netns}
@@ -133,9 +126,8 @@ def _try_rename(ns: netlink.Namespace, index: int, name: str) -> bool:
 
 
 def delete(request: skel.Request):
-    conf = config.load(request)
-    if not conf.layer2_only:
-        invoke.delegate(request, "DEL")
+    config.load(request)
+    invoke.delegate_if_configured(request, "DEL")
     if not request.netns:
         return      # the runtime lost the pod's namespace: the kernel gave physical links back to the root namespace
     try:
@@ -147,9 +139,8 @@ def delete(request: skel.Request):
 
 
 def check(request: skel.Request):
-    conf = config.load(request)
-    if not conf.layer2_only:
-        invoke.delegate(request, "CHECK")
+    config.load(request)
+    invoke.delegate_if_configured(request, "CHECK")
     want = addressing.expected(request)
     with netlink.Namespace(request.netns) as pod:
         link = pod.link(request.ifname)
@@ -161,13 +152,13 @@ def check(request: skel.Request):
 
 
 def status(request: skel.Request):
-    if not config.load(request).layer2_only:
-        invoke.delegate(request, "STATUS")
+    config.load(request)
+    invoke.delegate_if_configured(request, "STATUS")
 
 
 def gc(request: skel.Request):
-    if not config.load(request).layer2_only:
-        invoke.delegate(request, "GC")
+    config.load(request)
+    invoke.delegate_if_configured(request, "GC")
 
 
 PLUGIN = skel.Plugin(name="host-device", add=add, delete=delete, check=check, status=status, gc=gc,

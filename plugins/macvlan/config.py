@@ -23,7 +23,6 @@ class MacvlanConfig:
     mtu: int = 0                # 0: the master's
     mac: str | None = None
     link_in_container: bool = False   # the master lives in the pod's namespace
-    layer2_only: bool = True    # no ipam: a link without addresses
     dns: dict | None = None
 
 
@@ -35,11 +34,11 @@ def load(request: Request) -> MacvlanConfig:
     mode = raw.get("mode") or "bridge"
     if mode not in MODES:
         raise config_error(f"unknown macvlan mode {mode!r}", f"expected one of {', '.join(MODES)}")
+    fields.ipam_type(raw)      # an invalid ipam section fails here, before anything is made
     dns = raw.get("dns")
     return MacvlanConfig(network=fields.network_name(raw), master=master, mode=mode,
                          mtu=fields.integer(raw, "mtu", 0, 68, 65535, zero_ok=True), mac=_mac(request),
                          link_in_container=fields.boolean(raw, "linkInContainer"),
-                         layer2_only=fields.ipam_type(raw) is None,
                          dns=dns if isinstance(dns, dict) and dns else None)
 
 

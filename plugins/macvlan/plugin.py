@@ -5,7 +5,7 @@ import contextlib
 import secrets
 
 from cni import addressing, invoke, netlink, result as results, skel, sysctl
-from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, LINK_CONFLICT, UNKNOWN_CONTAINER, config_error
+from cni.errors import CNIError, CHECK_FAILED, LINK_CONFLICT, UNKNOWN_CONTAINER, config_error
 from cni.rollback import Rollback
 
 from plugins.macvlan import config
@@ -20,14 +20,8 @@ def add(request: skel.Request) -> dict:
         master = _master(conf, lower)
         link = _create(conf, lower, pod, master, request)
         undo.push("macvlan link", lambda: pod.delete_link(request.ifname))
-        ips, routes, dns = [], [], None
-        if not conf.layer2_only:
-            ipam = invoke.delegate(request, "ADD")
-            undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
-            if not ipam.get("ips"):
-                raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP address")
-            ips = [dict(ip, interface=0) for ip in ipam["ips"]]
-            routes, dns = ipam.get("routes") or [], ipam.get("dns")
+        ips, routes, dns = invoke.add_optional_ipam(request, undo)
+        if ips:
             _announce_ipv6(request)
         # On a shared segment a duplicate address is a real possibility: IPv6 runs DAD, and we wait for it.
         addressing.configure(pod, link.index, ips, routes, dad=True)
@@ -92,9 +86,8 @@ def _create(conf: config.MacvlanConfig, lower: netlink.Namespace, pod: netlink.N
 
 
 def delete(request: skel.Request):
-    conf = config.load(request)
-    if not conf.layer2_only:
-        invoke.delegate(request, "DEL")      # first: a DHCP release leaves through the pod's link
+    config.load(request)
+    invoke.delegate_if_configured(request, "DEL")      # first: a DHCP release leaves through the pod's link
     if not request.netns:
         return
     try:
@@ -109,8 +102,7 @@ def delete(request: skel.Request):
 
 def check(request: skel.Request):
     conf = config.load(request)
-    if not conf.layer2_only:
-        invoke.delegate(request, "CHECK")
+    invoke.delegate_if_configured(request, "CHECK")
     want = addressing.expected(request)
     with netlink.Namespace(request.netns) as pod, _lower_namespace(conf, request) as lower:
         try:
@@ -135,13 +127,13 @@ def _check_failed(msg: str) -> CNIError:
 
 
 def status(request: skel.Request):
-    if not config.load(request).layer2_only:
-        invoke.delegate(request, "STATUS")
+    config.load(request)
+    invoke.delegate_if_configured(request, "STATUS")
 
 
 def gc(request: skel.Request):
-    if not config.load(request).layer2_only:
-        invoke.delegate(request, "GC")
+    config.load(request)
+    invoke.delegate_if_configured(request, "GC")
 
 
 PLUGIN = skel.Plugin(name="macvlan", add=add, delete=delete, check=check, status=status, gc=gc,
