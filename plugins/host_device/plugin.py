@@ -7,7 +7,7 @@ import logging
 import os
 
 from cni import addressing, invoke, netlink, result as results, skel
-from cni.errors import CNIError, CHECK_FAILED, LINK_CONFLICT, UNKNOWN_CONTAINER, config_error
+from cni.errors import CNIError, CHECK_FAILED, UNKNOWN_CONTAINER, config_error
 from cni.rollback import Rollback
 
 from plugins.host_device import config
@@ -23,9 +23,7 @@ HOST_NETNS = "/proc/thread-self/ns/net"
 def add(request: skel.Request) -> dict:
     conf = config.load(request)
     with netlink.Namespace(request.netns) as pod, netlink.Namespace() as host, Rollback() as undo:
-        if pod.link(request.ifname) is not None:
-            raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
-                           "DEL the earlier attachment first")
+        pod.require_absent(request.ifname)
         device = _find(conf, host)
         old_alias = host.alias(device.index)
         host.set_link(device.index, ifalias=device.name)

@@ -14,9 +14,7 @@ from plugins.macvlan import config
 def add(request: skel.Request) -> dict:
     conf = config.load(request)
     with netlink.Namespace(request.netns) as pod, _lower_namespace(conf, request) as lower, Rollback() as undo:
-        if pod.link(request.ifname) is not None:
-            raise CNIError(LINK_CONFLICT, f"interface {request.ifname} already exists in {request.netns}",
-                           "DEL the earlier attachment first")
+        pod.require_absent(request.ifname)
         master = _master(conf, lower)
         link = _create(conf, lower, pod, master, request)
         undo.push("macvlan link", lambda: pod.delete_link(request.ifname))
