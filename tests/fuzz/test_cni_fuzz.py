@@ -18,7 +18,7 @@ from tests.conftest import PluginHost
 from tests.netns.bridge_helpers import host_links
 
 SEED = int(os.environ.get("PODPLUMB_FUZZ_SEED", "20261129"))
-CASES = int(os.environ.get("PODPLUMB_FUZZ_CASES", "40"))
+CASES = int(os.environ.get("PODPLUMB_FUZZ_CASES", "80"))
 GLOBAL_DIRS = ("/var/lib/cni/networks", "/run/podplumb/vxlan")   # where the plugins' defaults point
 
 HOSTILE = [None, "", "x" * 1000, "../../etc/passwd", "ctr\n", -1, 0, 2 ** 64, 1.5, True, [], {}, [[[]]],
@@ -34,6 +34,9 @@ ENV_HOSTILE = {"CNI_CONTAINERID": ["", "ctr\n", "../x", "x" * 5000, "-x"],
 
 
 def _good_configs(data_dir, state_dir, bridge):
+    tuning_dir = os.path.join(state_dir, "tuning")
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+            "ips": [{"address": "10.91.0.5/24", "gateway": "10.91.0.1", "interface": 0}]}
     ipam = {"type": "host-local", "dataDir": data_dir,
             "ranges": [[{"subnet": "10.91.0.0/24"}], [{"subnet": "fd91::/64"}]],
             "routes": [{"dst": "0.0.0.0/0"}]}
@@ -48,6 +51,18 @@ def _good_configs(data_dir, state_dir, bridge):
                     "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
                                    "ips": [{"address": "10.91.0.5/24", "interface": 0}]}},
         "host-local": {"cniVersion": "1.0.0", "name": "fuzznet", "type": "host-local", "ipam": ipam},
+        "ptp": {"cniVersion": "1.0.0", "name": "fuzzptp", "type": "ptp", "ipMasq": True, "mtu": 1400,
+                "ipam": dict(ipam, ranges=[[{"subnet": "10.94.0.0/24"}]])},
+        "macvlan": {"cniVersion": "1.0.0", "name": "fuzzmv", "type": "macvlan", "master": "ppfzu0", "mode": "bridge",
+                    "ipam": {"type": "static", "addresses": [{"address": "10.95.0.5/24", "gateway": "10.95.0.1"}]}},
+        "loopback": {"cniVersion": "1.0.0", "name": "fuzzlo", "type": "loopback"},
+        "tuning": {"cniVersion": "1.0.0", "name": "fuzznet", "type": "tuning", "dataDir": tuning_dir, "mtu": 1400,
+                   "sysctl": {"net.ipv4.conf.eth0.arp_ignore": "1"}, "prevResult": prev},
+        "sbr": {"cniVersion": "1.0.0", "name": "fuzznet", "type": "sbr", "prevResult": prev},
+        "bandwidth": {"cniVersion": "1.0.0", "name": "fuzznet", "type": "bandwidth", "ingressRate": 1000000,
+                      "ingressBurst": 100000, "egressRate": 1000000, "egressBurst": 100000, "prevResult": prev},
+        "firewall": {"cniVersion": "1.0.0", "name": "fuzznet", "type": "firewall", "ingressPolicy": "same-bridge",
+                     "prevResult": prev},
     }
 
 
