@@ -25,6 +25,9 @@ network_backend = "cni"
 cni_plugin_dirs = ["{bin_dir}"]
 network_config_dir = "{conf_dir}"
 [engine]
+# podman may send the DEL from the cleanup process conmon starts, with an environment of its own:
+# the engine's env reaches that process too
+env = ["PODPLUMB_STATE_DIR={state_dir}"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
@@ -40,7 +43,7 @@ class Podman:
         os.makedirs(self.bin_dir)
         conf = os.path.join(work, "containers.conf")
         with open(conf, "w") as f:
-            f.write(CONTAINERS_CONF.format(bin_dir=self.bin_dir, conf_dir=self.conf_dir))
+            f.write(CONTAINERS_CONF.format(bin_dir=self.bin_dir, conf_dir=self.conf_dir, state_dir=state_dir))
         self.env = dict(os.environ, CONTAINERS_CONF=conf, PODPLUMB_STATE_DIR=state_dir)
         self.argv = [PODMAN, "--root", os.path.join(work, "root"), "--runroot", os.path.join(work, "run"),
                      "--tmpdir", os.path.join(work, "tmp"), "--storage-driver", "vfs"]
