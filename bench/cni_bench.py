@@ -79,6 +79,7 @@ def run_in_fake_host(module: str, argv, run_id: str, namespaces: dict[str, list[
     host = f"{PREFIX}-{run_id}-host"
     workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    os.environ["PODPLUMB_STATE_DIR"] = os.path.join(workdir, "records")     # never the machine's records
     # The daemon runs in this (the machine's) network and mount namespace, the plugins are called from
     # the fake host: the daemon must do its work where its caller is.
     daemon = runtime.DaemonProcess(None, os.path.join(workdir, "cni.sock"), os.path.join(workdir, "daemon.log"),
@@ -100,6 +101,11 @@ def run_in_fake_host(module: str, argv, run_id: str, namespaces: dict[str, list[
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _base_env() -> dict:
+    """What a runtime would pass besides the CNI variables, and where our attachment records go."""
+    return {"PATH": PATH, "PODPLUMB_STATE_DIR": os.environ["PODPLUMB_STATE_DIR"]}
 
 
 def _kill_namespace_processes(ns: str):
@@ -151,7 +157,7 @@ class Flavor:
     cpu_seconds: float = 0.0          # of every process it spawned
 
     def call(self, plugin: str, command: str, config: dict | None, **cni) -> Call:
-        env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_PATH": self.bin_dir}
+        env = {**_base_env(), "CNI_COMMAND": command, "CNI_PATH": self.bin_dir}
         env.update({f"CNI_{k.upper()}": v for k, v in cni.items() if v})
         call = spawn([os.path.join(self.bin_dir, plugin)], env, json.dumps(config).encode() if config else b"")
         self.peak_rss_kib = max(self.peak_rss_kib, call.max_rss_kib)
@@ -313,7 +319,7 @@ class Inside:
         net = Network(self.flavors[1], self.workdir, False)
         pod = self.pods[-2]
         plugin = net.conflist["plugins"][0]
-        env = {"PATH": PATH, "CNI_PATH": self.flavors[1].bin_dir, "CNI_NETNS": pod, "CNI_IFNAME": "eth0"}
+        env = {**_base_env(), "CNI_PATH": self.flavors[1].bin_dir, "CNI_NETNS": pod, "CNI_IFNAME": "eth0"}
 
         def cycle(i):
             container = dict(env, CNI_CONTAINERID=f"g{i}")
@@ -340,7 +346,7 @@ class Inside:
         plugin = net.conflist["plugins"][0]
         config = json.dumps(net.config(plugin)).encode()
         pod = self.pods[-1]
-        env = {"PATH": PATH, "CNI_COMMAND": "ADD", "CNI_PATH": flavor.bin_dir, "CNI_NETNS": pod,
+        env = {**_base_env(), "CNI_COMMAND": "ADD", "CNI_PATH": flavor.bin_dir, "CNI_NETNS": pod,
                "CNI_IFNAME": "eth0", "CNI_CONTAINERID": "profiled"}
         launcher = os.path.join(flavor.bin_dir, "bridge")
         stats_file = os.path.join(self.workdir, "add.prof")
