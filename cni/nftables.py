@@ -1,17 +1,26 @@
 """nftables mechanism shared by the plugins: our own tables, atomic scripts, per-attachment chains.
 
-Every change is one `nft -f -` transaction. Each rule made for a container carries a comment that
-starts with a tag `pp:<8-hex network hash>:<16-hex attachment hash>`, derived from (network,
-container ID, ifname). An attachment's rules live in a chain of its own whose name is derived from
-the same hashes (see `Attachments`), reached through verdict maps from fixed chains: ADD, DEL and
-CHECK read only that one chain, so their cost does not grow with the number of pods on the node.
-GC lists the whole table once. No plugin policy lives here, except the masquerade helpers at the
-end, which the main plugins (bridge, vxlan through bridge) share for `ipMasq`.
+Every change is one transaction. Each rule made for a container carries a comment that starts
+with a tag `pp:<8-hex network hash>:<16-hex attachment hash>`, derived from (network, container ID,
+ifname). An attachment's rules live in a chain of its own whose name is derived from the same
+hashes (see `Attachments`), reached through verdict maps from fixed chains. An ADD reads nothing:
+it creates the attachment's chain (`create chain`, idempotent `add` for everything shared) in its
+one transaction, and reads that one chain only when the transaction fails because it exists. DEL
+and CHECK read only that one chain (and the map elements CHECK verifies), so no call's cost grows
+with the number of pods on the node. GC lists the whole table once. No plugin policy lives here,
+except the masquerade helpers at the end, which the main plugins (bridge, vxlan through bridge)
+share for `ipMasq`.
+
+Commands go through libnftables in this process (ctypes, a context per command made in the current
+network namespace); when the library cannot be loaded, or PODPLUMB_NFT=exec, `nft` is exec'd. Each
+command still makes nft fetch the names of the chains of the namespace's tables (to resolve jumps):
+a cost that grows with the chains, but in-process and without a listing of rules.
 
 Standard library only: every plugin call is a new process.
 """
 
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import hashlib
@@ -31,6 +40,7 @@ EXEC_TIMEOUT = 30
 _TAG = re.compile(r"^pp:([0-9a-f]{8}):([0-9a-f]{16})$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@\-]")
 _VERDICT = re.compile(r": (?:jump|goto) ([A-Za-z0-9_.\-]+)")
+EXISTS_OR_GONE = re.compile(r"File exists|No such file or directory|Device or resource busy")
 
 
 # ---- tags ---------------------------------------------------------------------------------------
@@ -170,6 +180,10 @@ class Script:
                 if base else "")
         self.lines.append(f"add chain {self.family} {self.table} {name}{spec}")
 
+    def create_chain(self, name: str):
+        """A chain that must not exist yet: the transaction fails ("File exists") when it does."""
+        self.lines.append(f"create chain {self.family} {self.table} {name}")
+
     def flush_chain(self, name: str):
         self.lines.append(f"flush chain {self.family} {self.table} {name}")
 
@@ -182,8 +196,6 @@ class Script:
     def delete_rule(self, rule: Rule):
         self.lines.append(f"delete rule {self.family} {self.table} {rule.chain} handle {rule.handle}")
 
-
-# ---- one table ----------------------------------------------------------------------------------
 
 class NftError(CNIError):
     """nft refused a script or a listing; `stderr` holds its own words."""
@@ -214,6 +226,97 @@ class Listing:
         return [r for r in self.rules if r.tag and r.handle not in handles]
 
 
+# ---- running nft ------------------------------------------------------------------------------
+
+class _Libnftables:
+    """libnftables called in this process (ctypes): no fork and exec of `nft` per command. A context
+    is made per command, so that its netlink socket lives in the current network namespace (a daemon's
+    call process is forked into its caller's)."""
+
+    _JSON = 1 << 4                         # NFT_CTX_OUTPUT_JSON
+
+    def __init__(self, lib):
+        self.lib = lib
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_free", "nft_ctx_buffer_output", "nft_ctx_buffer_error",
+                     "nft_ctx_output_get_flags"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+
+    def run(self, text: str, json_output: bool, check_only: bool) -> tuple[int, str, str]:
+        lib = self.lib
+        ctx = lib.nft_ctx_new(0)
+        if not ctx:
+            raise NftError("libnftables could not make a context", "nft_ctx_new returned NULL")
+        try:
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            if json_output:
+                lib.nft_ctx_output_set_flags(ctx, lib.nft_ctx_output_get_flags(ctx) | self._JSON)
+            if check_only:
+                lib.nft_ctx_set_dry_run(ctx, True)
+            code = lib.nft_run_cmd_from_buffer(ctx, text.encode())
+            out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+            return (0 if code == 0 else 1), out, err
+        finally:
+            lib.nft_ctx_free(ctx)
+
+
+_LIBRARY = "libnftables.so.1"
+_backend: "_Libnftables | None | bool" = False      # False: not loaded yet; None: exec `nft`
+
+
+def _library() -> "_Libnftables | None":
+    """libnftables when it can be loaded (and PODPLUMB_NFT is not "exec"), else None: exec `nft`."""
+    global _backend
+    if _backend is False:
+        _backend = None
+        if os.environ.get("PODPLUMB_NFT") != "exec":
+            try:
+                _backend = _Libnftables(ctypes.CDLL(_LIBRARY))
+            except (OSError, AttributeError):
+                pass
+    return _backend
+
+
+def run(text: str, json_output: bool = False, check_only: bool = False) -> tuple[int, str, str]:
+    """Run an nft script as one transaction, or one listing (`json_output`), through libnftables, or
+    `nft` when the library is missing -> (exit code, output, error text)."""
+    lib = _library()
+    if lib is not None:
+        return lib.run(text, json_output, check_only)
+    # `nft -j -f -` would read JSON: a listing (one command, no quoting) goes on the command line.
+    args = ["-j", *text.split()] if json_output else (["-c"] if check_only else []) + ["-f", "-"]
+    try:
+        proc = subprocess.run([_nft_binary(), *args], input=None if json_output else text, capture_output=True,
+                              text=True, timeout=EXEC_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise NftError("nft did not answer in time", f"{text.strip()[:200]}: over {EXEC_TIMEOUT}s") from None
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _nft_binary() -> str:
+    found = tools.find("nft")
+    if found is None:
+        raise NftError("the nft command is not installed", "nft is on neither PATH nor the sbin directories")
+    return found
+
+
+def _rules(listed: str) -> list:
+    return [Rule(r["chain"], r["handle"], r.get("comment", ""), tuple(r.get("expr", ())))
+            for item in json.loads(listed or "{}").get("nftables", []) if (r := item.get("rule"))]
+
+
+# ---- one table ----------------------------------------------------------------------------------
+
 class Table:
     def __init__(self, name: str, family: str = FAMILY):
         self.name = name
@@ -224,42 +327,30 @@ class Table:
 
     def list(self) -> Listing:
         """The table's chains and rules (with handles), or an empty listing when it is absent."""
-        proc = _nft(["-j", "list", "table", self.family, self.name])
-        if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr:
+        code, out, err = run(f"list table {self.family} {self.name}", json_output=True)
+        if code != 0:
+            if "No such file or directory" in err:
                 return Listing(False, frozenset(), ())
-            raise NftError(f"cannot list nftables table {self.family} {self.name}", proc.stderr)
-        chains, rules = set(), []
-        for item in json.loads(proc.stdout).get("nftables", []):
-            if "chain" in item:
-                chains.add(item["chain"]["name"])
-            elif "rule" in item:
-                r = item["rule"]
-                rules.append(Rule(r["chain"], r["handle"], r.get("comment", ""), tuple(r.get("expr", ()))))
-        return Listing(True, frozenset(chains), tuple(rules))
-
-    def exists(self) -> bool:
-        """Whether the table exists (`nft list tables`: names only, nothing of their contents)."""
-        proc = _nft(["list", "tables", self.family])
-        return proc.returncode == 0 and f"table {self.family} {self.name}\n" in proc.stdout + "\n"
+            raise NftError(f"cannot list nftables table {self.family} {self.name}", err)
+        chains = {item["chain"]["name"] for item in json.loads(out).get("nftables", []) if "chain" in item}
+        return Listing(True, frozenset(chains), tuple(_rules(out)))
 
     def list_chain(self, chain: str) -> "list[Rule] | None":
         """The rules of one chain (one `nft list chain`), None when the chain or table is absent."""
-        proc = _nft(["-j", "list", "chain", self.family, self.name, chain])
-        if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr:
+        code, out, err = run(f"list chain {self.family} {self.name} {chain}", json_output=True)
+        if code != 0:
+            if "No such file or directory" in err:
                 return None
-            raise NftError(f"cannot list nftables chain {self.family} {self.name} {chain}", proc.stderr)
-        return [Rule(r["chain"], r["handle"], r.get("comment", ""), tuple(r.get("expr", ())))
-                for item in json.loads(proc.stdout).get("nftables", []) if (r := item.get("rule"))]
+            raise NftError(f"cannot list nftables chain {self.family} {self.name} {chain}", err)
+        return _rules(out)
 
     def apply(self, script: Script, check_only: bool = False):
         """Run the script as one atomic transaction (or only check it, with `check_only`)."""
         if not script:
             return
-        proc = _nft(["-c", "-f", "-"] if check_only else ["-f", "-"], script.text())
-        if proc.returncode != 0:
-            raise NftError(f"nftables transaction on table {self.family} {self.name} failed", proc.stderr)
+        code, _, err = run(script.text(), check_only=check_only)
+        if code != 0:
+            raise NftError(f"nftables transaction on table {self.family} {self.name} failed", err)
 
     @contextlib.contextmanager
     def lock(self):
@@ -312,21 +403,6 @@ class Table:
         keep = {attachment_hash(network, cid, ifname) for cid, ifname in valid}
         return self.delete_rules(lambda listing: [r for r in listing.of_network(network_hash(network))
                                                   if r.attachment_hash not in keep])
-
-
-def _nft_binary() -> str:
-    found = tools.find("nft")
-    if found is None:
-        raise NftError("the nft command is not installed", "nft is on neither PATH nor the sbin directories")
-    return found
-
-
-def _nft(args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run([_nft_binary(), *args], input=stdin, capture_output=True, text=True,
-                              timeout=EXEC_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise NftError("nft did not answer in time", f"{' '.join(args)}: over {EXEC_TIMEOUT}s") from None
 
 
 # ---- per-attachment chains behind verdict maps ---------------------------------------------------
@@ -414,10 +490,14 @@ class Attachments:
         found = self.table.list_chain(chain)
         return None if found is None else attachments_read(chain, found)
 
-    def add(self, script: Script, chain: str, rule_tag: str, rules, elements=(), notes=()):
+    def add(self, script: Script, chain: str, rule_tag: str, rules, elements=(), notes=(), fresh=False):
         """Add the attachment's chain with `rules` ((text, comment) pairs), map `elements` ((map
-        name, key text) pairs) jumping to it, and `notes` (words) recorded for a later read."""
-        script.add_chain(chain)
+        name, key text) pairs) jumping to it, and `notes` (words) recorded for a later read. `fresh`:
+        the chain must be new (`create chain`), the transaction fails when it exists."""
+        if fresh:
+            script.create_chain(chain)
+        else:
+            script.add_chain(chain)
         for text, rule_comment in rules:
             script.add_rule(chain, text, rule_comment)
         words = ["/".join([m, *key.split(" . ")]) for m, key in elements] + [":" + note for note in notes]
@@ -438,20 +518,30 @@ class Attachments:
     def replace(self, network: str, container_id: str, ifname: str, rules, elements=(), shared=None):
         """Make the attachment's chain hold exactly `rules` and `elements`: one transaction.
         `shared(script)`, when given, adds to the same transaction objects several attachments
-        share (with idempotent `add` commands)."""
-        chain = self.chain_name(network, container_id, ifname)
-        with self.table.lock():
-            old = self.read(chain)
+        share (with idempotent `add` commands).
 
-            def script(old):
-                script = self.add_base(self.table.script())
-                if old:
-                    self.delete(script, old)
-                if shared:
-                    shared(script)
-                self.add(script, chain, tag(network, container_id, ifname), rules, elements)
-                return script
-            self._apply_tolerating_lost_elements(script, old)
+        The usual ADD finds no chain of the attachment: it is made with `create chain`, without
+        reading anything first. When that transaction fails (the chain exists: a repeated ADD; or
+        a key is held by another attachment), the chain is read and replaced."""
+        chain = self.chain_name(network, container_id, ifname)
+        rule_tag = tag(network, container_id, ifname)
+
+        def script(old, fresh=False):
+            script = self.add_base(self.table.script())
+            if old:
+                self.delete(script, old)
+            if shared:
+                shared(script)
+            self.add(script, chain, rule_tag, rules, elements, fresh=fresh)
+            return script
+        with self.table.lock():
+            try:
+                self.table.apply(script(None, fresh=True))
+                return
+            except NftError as e:
+                if not EXISTS_OR_GONE.search(e.stderr):
+                    raise
+            self._apply_tolerating_lost_elements(script, self.read(chain))
 
     def remove(self, network: str, container_id: str, ifname: str) -> Attached | None:
         """Delete the attachment's chain and elements; fine when they are gone. Returns what was read."""
@@ -488,8 +578,8 @@ class Attachments:
 
     def holder(self, map_name: str, key: str) -> str | None:
         """The chain an element of `map_name` jumps to, None when there is no such element."""
-        proc = _nft(["get", "element", self.table.family, self.table.name, map_name, f"{{ {key} }}"])
-        found = _VERDICT.search(proc.stdout) if proc.returncode == 0 else None   # nft 1.0 prints no JSON here
+        code, out, _ = run(f"get element {self.table.family} {self.table.name} {map_name} {{ {key} }}")
+        found = _VERDICT.search(out) if code == 0 else None   # nft 1.0 prints no JSON here
         return found.group(1) if found else None
 
     def gc(self, network: str, valid: set) -> list[Attached]:
@@ -552,16 +642,13 @@ def attachments_read(chain: str, rules) -> Attached:
 def remove_legacy(table: Table, network: str, container_id: str, ifname: str) -> tuple["Listing | None", bool]:
     """Rules an earlier podplumb made in a table of the former layout (tagged rules in shared
     chains) go on DEL too, so that an upgraded node is left with nothing; the table goes with its
-    last tagged rule. It is listed only when it exists. Returns (listing, table dropped)."""
-    if table.exists():
-        return table.delete_tagged(tag(network, container_id, ifname))
-    return None, False
+    last tagged rule. Listing a table that is absent (the usual case) fetches nothing of the others.
+    Returns (listing, table dropped)."""
+    return table.delete_tagged(tag(network, container_id, ifname))
 
 
 def gc_legacy(table: Table, network: str, valid: set) -> tuple["Listing | None", bool]:
-    if table.exists():
-        return table.delete_network_except(network, valid)
-    return None, False
+    return table.delete_network_except(network, valid)
 
 
 # ---- IP masquerade (the main plugins' ipMasq) -----------------------------------------------------

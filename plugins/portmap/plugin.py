@@ -1,8 +1,11 @@
 """portmap: host port -> container port DNAT via nftables, chained after a main plugin.
 
-Each operation is one nftables transaction under the namespace's nft lock. An attachment's rules are
-found from its own chain (named from network, container ID, ifname) and the chains of the host
-ports it holds, so nothing is stored and no call lists the whole table but GC (see rules.py)."""
+Each operation is one nftables transaction under the namespace's nft lock. An ADD reads nothing
+first: it creates the attachment's chain and its host ports' chains, and only when one of them
+exists already (a repeated ADD, a host port another attachment holds) reads them to replace its
+own rules or name the conflict. DEL reads the attachment's own chain (named from network,
+container ID, ifname) and the chains of the host ports it holds, so nothing is stored and no call
+lists the whole table but GC (see rules.py)."""
 
 import dataclasses
 import logging
@@ -29,29 +32,56 @@ def add(request: skel.Request) -> dict:
     elements = [(f"snat{a.version}", str(a.ip)) for a in addresses] if snat else []
     localnet_ifname = _localnet_interface(config, addresses)   # runs `ip`: not under the lock
     with TABLE.lock():
-        if localnet_ifname and TABLE.list_chain(rules.localnet_chain(localnet_ifname)) is None \
-                and localnet.enabled(localnet_ifname):
-            localnet_ifname = None     # turned on by the admin, not by us: leave it be
-        if localnet_ifname:
-            snat.append((f"jump {rules.localnet_chain(localnet_ifname)}", None))
         try:
-            _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
+            _write_fresh(config, tag, chain, wanted, snat, elements, localnet_ifname)
         except nftables.NftError as e:
-            if "File exists" not in e.stderr:
+            if not nftables.EXISTS_OR_GONE.search(e.stderr):
+                _raise_config_error(e, config)
                 raise
-            ATTACHMENTS.take_over(elements, chain)     # a stale attachment holds the address
-            _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
+            _replace(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
     if localnet_ifname and not localnet.enabled(localnet_ifname):
         _enable_localnet(localnet_ifname, request)
     conntrack.forget_udp(m.host_port for m in config.mappings if m.protocol == "udp")
     return config.prev_result
 
 
-def _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname):
-    """One transaction: the attachment's old rules out, its new ones in (under the table lock)."""
-    old = ATTACHMENTS.read(chain)
-    held = _port_chains({w.chain for w in wanted if w.claim} | _claimed(old))
-    rules.check_conflicts(wanted, [r for listed in held.values() for r in listed or ()], tag, request.network)
+def _write_fresh(config, tag, chain, wanted, snat, elements, localnet_ifname):
+    """The usual ADD, one transaction and nothing read first: the attachment's chain and the chains
+    of its host ports are new (`create chain`), and route_localnet, when it is on already, was
+    turned on by us (the `ln-` chain exists). The transaction fails when any of that is not so."""
+    own = localnet_ifname and not localnet.enabled(localnet_ifname)
+    if localnet_ifname:
+        snat = snat + [(f"jump {rules.localnet_chain(localnet_ifname)}", None)]
+    ports = {w.chain: None for w in wanted if w.claim}
+    _write(config, tag, chain, wanted, snat, elements, localnet_ifname, None, ports, fresh=True, make_localnet=own)
+
+
+def _replace(request, config, tag, chain, wanted, snat, elements, localnet_ifname):
+    """ADD when the fresh transaction failed: read the attachment's chain and its host ports' chains,
+    name a conflict, take over an address held by a stale attachment."""
+    if localnet_ifname and TABLE.list_chain(rules.localnet_chain(localnet_ifname)) is None \
+            and localnet.enabled(localnet_ifname):
+        localnet_ifname = None     # turned on by the admin, not by us: leave it be
+    if localnet_ifname:
+        snat = snat + [(f"jump {rules.localnet_chain(localnet_ifname)}", None)]
+
+    def write():
+        old = ATTACHMENTS.read(chain)
+        held = _port_chains({w.chain for w in wanted if w.claim} | _claimed(old))
+        rules.check_conflicts(wanted, [r for listed in held.values() for r in listed or ()], tag, request.network)
+        _write(config, tag, chain, wanted, snat, elements, localnet_ifname, old, held)
+    try:
+        write()
+    except nftables.NftError as e:
+        if "File exists" not in e.stderr:
+            raise
+        ATTACHMENTS.take_over(elements, chain)     # a stale attachment holds the address
+        write()
+
+
+def _write(config, tag, chain, wanted, snat, elements, localnet_ifname, old, held, fresh=False,
+           make_localnet=True):
+    """One transaction: the attachment's old rules out (as read: `old`, `held`), its new ones in."""
     script = ATTACHMENTS.add_base(TABLE.script())
     keep = {w.chain for w in wanted if w.claim}
     _drop_claims(script, held, {tag}, keep)
@@ -59,7 +89,7 @@ def _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
         ATTACHMENTS.delete(script, old)
     for port in sorted(keep):
         if held[port] is None:
-            script.add_chain(port)
+            script.create_chain(port) if fresh else script.add_chain(port)
             script.lines.append(f"add element {TABLE.family} {TABLE.name} ports "
                                 f"{{ {rules.port_key(port)} : jump {port} }}")
     for w in wanted:
@@ -68,12 +98,13 @@ def _write(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
     notes = sorted(keep) + ([rules.localnet_chain(localnet_ifname)] if localnet_ifname else [])
     if localnet_ifname:
         guard = rules.guard_chain(localnet_ifname)
-        script.add_chain(rules.localnet_chain(localnet_ifname))
+        if make_localnet:
+            script.add_chain(rules.localnet_chain(localnet_ifname))
         script.add_chain(guard)
         script.flush_chain(guard)
         script.add_rule(guard, rules.guard_rule())
         script.lines.append(f'add element {TABLE.family} {TABLE.name} guards {{ "{localnet_ifname}" : jump {guard} }}')
-    ATTACHMENTS.add(script, chain, tag, snat, elements, notes)
+    ATTACHMENTS.add(script, chain, tag, snat, elements, notes, fresh=fresh)
     _apply(script, config)
 
 
@@ -210,10 +241,14 @@ def _apply(script: nftables.Script, config: configs.Config):
     try:
         TABLE.apply(script)
     except nftables.NftError as e:
-        tokens = [t for family in (4, 6) for t in config.conditions[family]]
-        if tokens and any(t in e.stderr for t in tokens):
-            raise config_error("portmap: nftables rejected conditionsV4/conditionsV6", e.details) from None
+        _raise_config_error(e, config)
         raise
+
+
+def _raise_config_error(e: nftables.NftError, config: configs.Config):
+    tokens = [t for family in (4, 6) for t in config.conditions[family]]
+    if tokens and any(t in e.stderr for t in tokens):
+        raise config_error("portmap: nftables rejected conditionsV4/conditionsV6", e.details) from None
 
 
 def _enable_localnet(ifname: str, request: skel.Request):

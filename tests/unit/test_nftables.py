@@ -202,7 +202,7 @@ def test_delete_rules_drops_the_table_with_its_last_tagged_rule(scratch_ns):
         steps.append(table.delete_tagged(t2)[1])
         steps.append(table.list().exists)
         table.replace_tagged(t1, "input", base, [("meta mark 1 accept", t1)])
-        nft._nft(["flush", "chain", "inet", "pp-test", "input"])
+        nft.run("flush chain inet pp-test input")
         steps.append(table.delete_tagged(t1)[1])
         steps.append(table.list().exists)
         print(json.dumps(steps))
@@ -298,3 +298,24 @@ def test_attachments_with_concatenated_keys(scratch_ns):
         print(json.dumps(steps))
     """)
     assert out == [[["ports", "tcp . 8080"], ["ports", "udp . 53"]], True, None, None]
+
+
+@pytest.mark.parametrize("backend", ["libnftables", "exec"])
+def test_both_ways_of_running_nft_do_the_same(scratch_ns, backend):
+    """libnftables in the process, or `nft` exec'd when the library is missing (PODPLUMB_NFT=exec)."""
+    out = _in_netns(scratch_ns, f"""
+        import os
+        if {backend!r} == "exec":
+            os.environ["PODPLUMB_NFT"] = "exec"
+        steps = [nft._library() is None]
+        nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.5/24"])
+        nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.6/24"])                  # a repeated ADD
+        steps.append(nft.masquerade_present("net1", "c1", "eth0", ["10.1.0.6/24"]))
+        steps.append(nft.MASQ.holder("saddr4", "10.1.0.5"))
+        code, _, error = nft.run("list chain inet podplumb-ipmasq pp-none", json_output=True)
+        steps.append([code, "No such file or directory" in error])
+        nft.remove_masquerade("net1", "c1", "eth0")
+        steps.append(nft.MASQ.read(nft.MASQ.chain_name("net1", "c1", "eth0")))
+        print(json.dumps(steps))
+    """)
+    assert out == [backend == "exec", True, None, [1, True], None]
