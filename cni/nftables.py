@@ -22,12 +22,15 @@ Standard library only: every plugin call is a new process.
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import re
+import socket
+import struct
 import subprocess
 
 from cni import tools
@@ -301,6 +304,41 @@ def run(text: str, json_output: bool = False, check_only: bool = False) -> tuple
     except subprocess.TimeoutExpired:
         raise NftError("nft did not answer in time", f"{text.strip()[:200]}: over {EXEC_TIMEOUT}s") from None
     return proc.returncode, proc.stdout, proc.stderr
+
+
+_FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7, "arp": 3, "netdev": 5}    # NFPROTO_*
+_NETLINK_NETFILTER = 12
+_GETCHAIN = (10 << 8) | 4          # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN
+_CHAIN_TABLE, _CHAIN_NAME, _CHAIN_USE = 1, 3, 6
+
+
+def chain_use(family: str, table: str, chain: str) -> int | None:
+    """How many references the kernel counts on a chain (its rules, and the jumps and map elements
+    that lead to it), None when the chain does not exist: one nf_tables netlink request for that
+    chain alone (nft prints no use count)."""
+    def attr(kind: int, value: bytes) -> bytes:
+        body = struct.pack("=HH", 4 + len(value), kind) + value
+        return body + b"\0" * (-len(body) % 4)
+    payload = (struct.pack("=BBH", _FAMILIES[family], 0, 0)
+               + attr(_CHAIN_TABLE, table.encode() + b"\0") + attr(_CHAIN_NAME, chain.encode() + b"\0"))
+    request = struct.pack("=IHHII", 16 + len(payload), _GETCHAIN, 1, 1, 0) + payload     # NLM_F_REQUEST
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER) as sock:
+        sock.settimeout(EXEC_TIMEOUT)
+        sock.sendto(request, (0, 0))
+        reply = sock.recv(65536)
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind == 2:                                  # NLMSG_ERROR
+        error = -struct.unpack_from("=i", reply, 16)[0]
+        if error == errno.ENOENT:
+            return None
+        raise NftError(f"cannot read nftables chain {family} {table} {chain}", os.strerror(error))
+    offset = 20                                    # nlmsghdr, nfgenmsg
+    while offset + 4 <= length:
+        size, kind = struct.unpack_from("=HH", reply, offset)
+        if kind & 0x3fff == _CHAIN_USE:
+            return struct.unpack_from(">I", reply, offset + 4)[0]
+        offset += (size + 3) & ~3
+    raise NftError(f"cannot read nftables chain {family} {table} {chain}", "the kernel sent no use count")
 
 
 def _nft_binary() -> str:

@@ -140,12 +140,29 @@ def delete(request: skel.Request) -> None:
         old = ATTACHMENTS.read(chain)
         if old:
             held = _port_chains(_claimed(old))
-            script = TABLE.script()
-            _drop_claims(script, held, {tag})
-            ATTACHMENTS.delete(script, old)
-            TABLE.apply(script)
-            for note in old.notes:
-                _release_localnet(note)
+            # The last attachment relying on route_localnet of an interface (its `ln-` chain has no
+            # other user) releases it in the same transaction.
+            last = [n for n in old.notes if rules.localnet_interface(n)
+                    and (nftables.chain_use(TABLE.family, TABLE.name, n) or 0) <= 1]
+
+            def script(releasing):
+                script = TABLE.script()
+                _drop_claims(script, held, {tag})
+                ATTACHMENTS.delete(script, old)
+                for note in releasing:
+                    _release_script(script, note)
+                return script
+            try:
+                TABLE.apply(script(last))
+            except nftables.NftError as e:
+                if not (last and nftables.EXISTS_OR_GONE.search(e.stderr)):
+                    raise
+                TABLE.apply(script([]))
+                for note in last:
+                    _release_localnet(note)
+                last = []
+            for note in last:
+                localnet.reset(rules.localnet_interface(note))
     _after_legacy_removal(*nftables.remove_legacy(rules.LEGACY_TABLE, request.network, request.container_id,
                                                   request.ifname))
 
@@ -260,23 +277,29 @@ def _enable_localnet(ifname: str, request: skel.Request):
     LOG.info("portmap: turned route_localnet on for %s (localhost host ports)", ifname)
 
 
+def _release_script(script: nftables.Script, chain: str):
+    """Delete the guard of the interface an ln-<hex> chain stands for, and the chain."""
+    ifname = rules.localnet_interface(chain)
+    guard = rules.guard_chain(ifname)
+    script.lines.append(f'delete element {TABLE.family} {TABLE.name} guards {{ "{ifname}" }}')
+    script.flush_chain(guard)
+    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {guard}")
+    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {chain}")
+
+
 def _release_localnet(chain: str):
     """With no attachment jumping to ln-<ifname> any more (the kernel refuses to delete a chain
     still referenced), its guard goes and route_localnet goes back off."""
     ifname = rules.localnet_interface(chain)
     if ifname is None:
         return
-    guard = rules.guard_chain(ifname)
     script = TABLE.script()
-    script.lines.append(f'delete element {TABLE.family} {TABLE.name} guards {{ "{ifname}" }}')
-    script.flush_chain(guard)
-    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {guard}")
-    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {chain}")
+    _release_script(script, chain)
     try:
         TABLE.apply(script)
     except nftables.NftError as e:
         if "Device or resource busy" in e.stderr or "No such file or directory" in e.stderr:
-            return      # still in use, or released already
+            return     # still in use, or released already
         raise
     localnet.reset(ifname)
 

@@ -70,6 +70,20 @@ def test_ipv4_route_localnet_is_undone_with_the_last_mapping(env_factory, host_n
         assert env.pod_rules_left() == [] and "127.0.0.0/8" not in env.ruleset()
 
 
+def test_ipv4_route_localnet_stays_while_another_mapping_relies_on_it(env_factory, host_ns):
+    """DEL reads the `ln-` chain's use count (not the table) to know whether it is the last user."""
+    with env_factory() as env:
+        first = env.pod("pod-a", mappings((8080, SERVER_PORT)))
+        second = env.pod("pod-b", mappings((8081, SERVER_PORT)))
+
+        def flag():
+            return kernel.sh("sysctl", "-n", f"net.ipv4.conf.{env.bridge}.route_localnet", ns=host_ns).stdout.strip()
+        env.delete(first)
+        assert flag() == "1" and "ip daddr 127.0.0.0/8 drop" in env.ruleset()
+        env.delete(second)
+        assert flag() == "0" and "127.0.0.0/8" not in env.ruleset()
+
+
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_ipv6_localhost_is_not_mapped(env_factory, proto):
     """Known limitation, by the kernel: DNAT of ::1 to the pod can be made to send the request, but

@@ -319,3 +319,17 @@ def test_both_ways_of_running_nft_do_the_same(scratch_ns, backend):
         print(json.dumps(steps))
     """)
     assert out == [backend == "exec", True, None, [1, True], None]
+
+
+def test_chain_use_counts_what_refers_to_a_chain(scratch_ns):
+    kernel.sh("nft", "-f", "-", ns=scratch_ns, input=textwrap.dedent("""\
+        table inet pp-test {
+            chain target { }
+            chain a { jump target; jump target; }
+            chain b { counter; }
+        }
+        """))
+    assert _in_netns(scratch_ns, """
+        print(json.dumps([nft.chain_use("inet", "pp-test", c) for c in ("target", "a", "b", "none")]
+                         + [nft.chain_use("inet", "pp-none", "a")]))
+    """) == [2, 2, 1, None, None]
