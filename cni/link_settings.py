@@ -3,8 +3,6 @@ all-multicast mode, transmit queue length."""
 
 import dataclasses
 
-from cni.pyroute2_lite import NetlinkError
-
 from cni import netlink
 from cni.errors import CNIError, UNKNOWN_CONTAINER
 
@@ -27,13 +25,11 @@ class Settings:
 
 
 def read(ns: netlink.Namespace, ifname: str) -> Settings:
-    try:
-        msg = ns.ipr.link("get", ifname=ifname)[0]
-    except NetlinkError as e:
-        raise CNIError(UNKNOWN_CONTAINER, f"interface {ifname} not found in {ns.path}", str(e)) from None
-    return Settings(index=msg["index"], mac=msg.get_attr("IFLA_ADDRESS") or "",
-                    mtu=msg.get_attr("IFLA_MTU") or 0, promisc=bool(msg["flags"] & IFF_PROMISC),
-                    allmulti=bool(msg["flags"] & IFF_ALLMULTI), txqlen=msg.get_attr("IFLA_TXQLEN") or 0)
+    link = ns.link(ifname)
+    if link is None:
+        raise CNIError(UNKNOWN_CONTAINER, f"interface {ifname} not found in {ns.path}")
+    return Settings(index=link.index, mac=link.mac, mtu=link.mtu, promisc=bool(link.flags & IFF_PROMISC),
+                    allmulti=bool(link.flags & IFF_ALLMULTI), txqlen=link.txqlen)
 
 
 def apply(ns: netlink.Namespace, index: int, values: dict):

@@ -1,10 +1,13 @@
-"""A small typed layer over pyroute2's IPRoute: one open rtnetlink socket per namespace.
+"""A small typed layer over rtnetlink (cni.rtnl): one open socket per namespace.
 
 Never switches the process's namespace: a socket for another namespace is opened by a
 short-lived thread inside it, and a missing namespace is an error, never created.
-Kernel errors become CNIError.
+Kernel errors become CNIError. `Namespace.ipr` is pyroute2's IPRoute in the same namespace, for
+the few modules that need message kinds cni.rtnl does not build (tc, policy routing); it is
+imported and opened only when one of them asks for it.
 """
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -12,22 +15,31 @@ import functools
 import ipaddress
 import os
 import socket
+import struct
 import threading
 import time
 
-
-from cni import rtdump
+from cni import rtnl
 from cni.errors import CNIError, KERNEL_FAILURE, LINK_CONFLICT, UNKNOWN_CONTAINER
+from cni.rtnl import KernelError, nested, string, u8, u32
 
 IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE, IFA_F_NOPREFIXROUTE = 0x02, 0x08, 0x40, 0x200
-RT_SCOPE_LINK = 253
-AF_INET, AF_INET6 = 2, 10
+IFF_UP = 0x1
+RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 253, 255
+AF_INET, AF_INET6 = rtnl.AF_INET, rtnl.AF_INET6
 CLONE_NEWNET = 0x40000000
-NETLINK_ROUTE = 0
 RT_TABLE_MAIN = 254
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x04
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
+IFLA_VXLAN_LOCAL6 = 17
+IFLA_BR_VLAN_FILTERING = 7
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
+_NDMSG = struct.Struct("=BxxxiHBB")     # family, ifindex, state, flags, type
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +54,10 @@ class Link:
     up: bool
     hairpin: bool
     isolated: bool
+    flags: int = 0    # IFF_*
+    txqlen: int = 0
+    alias: str = ""
+    info: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # IFLA_INFO_DATA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,21 +69,6 @@ class Vxlan:
     learning: bool
 
 
-class NetlinkError(Exception):
-    """pyroute2's NetlinkError once the first Namespace has loaded pyroute2 (`_load_pyroute2`): a
-    call that needs no netlink (a STATUS, a VERSION, a config error) never pays for importing it.
-    No netlink call happens before a Namespace exists, so nothing raises this placeholder."""
-
-
-IPRoute = None
-
-
-def _load_pyroute2():
-    global IPRoute, NetlinkError
-    if IPRoute is None:
-        from cni.pyroute2_lite import IPRoute, NetlinkError
-
-
 def kernel_error(what: str, error: Exception) -> CNIError:
     return CNIError(KERNEL_FAILURE, what, f"{errno.errorcode.get(error.code, error.code)}: {error}")
 
@@ -77,16 +78,26 @@ class Namespace:
 
     def __init__(self, path: str | None = None):
         self.path = path
-        _load_pyroute2()
+        self._ipr = None
         try:
-            self.ipr = IPRoute(fileno=_netlink_socket_in(path).detach()) if path else IPRoute()
+            self.sock = rtnl.Socket(_netlink_socket_in(path) if path else None)
         except FileNotFoundError:
             raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist") from None
-        except (OSError, NetlinkError) as e:
+        except OSError as e:
             raise CNIError(UNKNOWN_CONTAINER, f"cannot open network namespace {path}", str(e)) from None
 
+    @property
+    def ipr(self):
+        """pyroute2's IPRoute in this namespace (its own socket), for message kinds cni.rtnl lacks."""
+        if self._ipr is None:
+            from cni.pyroute2_lite import IPRoute
+            self._ipr = IPRoute(fileno=_netlink_socket_in(self.path).detach()) if self.path else IPRoute()
+        return self._ipr
+
     def close(self):
-        self.ipr.close()
+        self.sock.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def __enter__(self):
         return self
@@ -97,12 +108,11 @@ class Namespace:
     # links
     def link(self, name: str | None = None, index: int | None = None) -> Link | None:
         try:
-            msgs = self.ipr.link("get", index=index) if index else self.ipr.link("get", ifname=name)
-        except NetlinkError as e:
+            return _to_link(self.sock.get(rtnl.RTM_GETLINK, rtnl.link_request(index or 0, name)))
+        except KernelError as e:
             if e.code in (errno.ENODEV, errno.ENOENT):
                 return None
             raise kernel_error(f"cannot read link {name or index}", e) from None
-        return _to_link(msgs[0])
 
     def require_absent(self, name: str):
         """LINK_CONFLICT when link `name` exists here (a pod's interface left by an earlier ADD)."""
@@ -112,78 +122,104 @@ class Namespace:
 
     def links(self) -> list[Link]:
         """Every link: a dump, whose cost grows with the node. Not for a plugin's ADD/DEL/CHECK."""
-        return [_to_link(m) for m in self.ipr.get_links()]
+        return [_to_link(body) for body in self.sock.dump(rtnl.RTM_GETLINK, rtnl.link_request())]
 
     def ports(self, bridge_index: int) -> list[int]:
         """The ifindexes of the links enslaved to a bridge (the kernel filters the dump)."""
         try:
-            return rtdump.ports(self.ipr.fileno(), bridge_index)
+            links = [_to_link(body) for body in self.sock.dump(rtnl.RTM_GETLINK, rtnl.ports_request(bridge_index))]
         except OSError as e:
             raise CNIError(KERNEL_FAILURE, f"cannot list the ports of bridge {bridge_index}", str(e)) from None
+        return [link.index for link in links if link.master == bridge_index]
+
+    def _new_link(self, what: str, attrs: bytes, flags: int = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL,
+                  index: int = 0, ifflags: int = 0, change: int = 0) -> bool:
+        """RTM_NEWLINK; False when the name is taken (EEXIST)."""
+        try:
+            self.sock.request(rtnl.RTM_NEWLINK, rtnl.IFINFOMSG.pack(0, 0, index, ifflags, change) + attrs, flags)
+        except KernelError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise kernel_error(what, e) from None
+        return True
 
     def add_bridge(self, name: str, mtu: int = 0) -> bool:
         """Create a bridge; False when a link of that name already exists (someone else won the race)."""
-        kwargs = {"mtu": mtu} if mtu else {}
-        try:
-            self.ipr.link("add", ifname=name, kind="bridge", **kwargs)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                return False
-            raise kernel_error(f"cannot create bridge {name}", e) from None
-        return True
+        attrs = string(rtnl.IFLA_IFNAME, name) + (u32(rtnl.IFLA_MTU, mtu) if mtu else b"")
+        return self._new_link(f"cannot create bridge {name}",
+                              attrs + nested(rtnl.IFLA_LINKINFO, string(rtnl.IFLA_INFO_KIND, "bridge")))
 
     def add_veth(self, host_name: str, peer_name: str, peer_netns: str, mtu: int = 0,
                  peer_mac: str | None = None) -> bool:
         """A veth pair whose peer is born inside `peer_netns` (never visible in this namespace);
         False when one of the two names is taken."""
-        peer = {"ifname": peer_name, "net_ns_fd": peer_netns}
-        kwargs = {}
-        if mtu:
-            peer["mtu"] = kwargs["mtu"] = mtu
-        if peer_mac:
-            peer["address"] = peer_mac
-        try:
-            self.ipr.link("add", ifname=host_name, kind="veth", peer=peer, **kwargs)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                return False
-            raise kernel_error(f"cannot create veth pair for {peer_name}", e) from None
-        return True
+        mtu_attr = u32(rtnl.IFLA_MTU, mtu) if mtu else b""
+        with _opened_netns(peer_netns) as fd:
+            peer = (rtnl.IFINFOMSG.pack(0, 0, 0, 0, 0) + string(rtnl.IFLA_IFNAME, peer_name)
+                    + u32(rtnl.IFLA_NET_NS_FD, fd) + mtu_attr
+                    + (rtnl.mac(rtnl.IFLA_ADDRESS, peer_mac) if peer_mac else b""))
+            linkinfo = nested(rtnl.IFLA_LINKINFO, string(rtnl.IFLA_INFO_KIND, "veth"),
+                              nested(rtnl.IFLA_INFO_DATA, rtnl.attr(rtnl.VETH_INFO_PEER, peer)))
+            return self._new_link(f"cannot create veth pair for {peer_name}",
+                                  string(rtnl.IFLA_IFNAME, host_name) + mtu_attr + linkinfo)
 
-    def set_link(self, index: int, **attrs):
+    def set_link(self, index: int, state: str | None = None, flags: int = 0, change: int = 0,
+                 master: int | None = None, address: str | None = None, mtu: int | None = None,
+                 txqlen: int | None = None, ifalias: str | None = None, ifname: str | None = None):
+        """Change the given settings of link `index` in one request. `state` "up"/"down"; `flags`
+        are the IFF_* bits to set among those in `change`."""
+        if state is not None:
+            flags, change = (flags | IFF_UP if state == "up" else flags & ~IFF_UP), change | IFF_UP
+        attrs = b"".join([
+            u32(rtnl.IFLA_MASTER, master) if master is not None else b"",
+            rtnl.mac(rtnl.IFLA_ADDRESS, address) if address is not None else b"",
+            u32(rtnl.IFLA_MTU, mtu) if mtu is not None else b"",
+            u32(rtnl.IFLA_TXQLEN, txqlen) if txqlen is not None else b"",
+            string(rtnl.IFLA_IFALIAS, ifalias) if ifalias is not None else b"",
+            string(rtnl.IFLA_IFNAME, ifname) if ifname is not None else b"",
+        ])
+        what = {k: v for k, v in dict(state=state, master=master, address=address, mtu=mtu, txqlen=txqlen,
+                                      ifalias=ifalias, ifname=ifname).items() if v is not None}
         try:
-            self.ipr.link("set", index=index, **attrs)
-        except NetlinkError as e:
-            raise kernel_error(f"cannot set {attrs} on link {index}", e) from None
+            self.sock.request(rtnl.RTM_NEWLINK, rtnl.IFINFOMSG.pack(0, 0, index, flags, change) + attrs)
+        except KernelError as e:
+            raise kernel_error(f"cannot set {what or {'flags': flags}} on link {index}", e) from None
 
     def set_bridge_port(self, index: int, hairpin: bool, isolated: bool):
+        protinfo = rtnl.attr(rtnl.IFLA_PROTINFO | rtnl.NLA_F_NESTED,
+                             u8(rtnl.IFLA_BRPORT_MODE, int(hairpin)) + u8(rtnl.IFLA_BRPORT_ISOLATED, int(isolated)))
         try:
-            self.ipr.brport("set", index=index, mode=int(hairpin), isolated=int(isolated))
-        except NetlinkError as e:
+            self.sock.request(rtnl.RTM_SETLINK, rtnl.IFINFOMSG.pack(rtnl.AF_BRIDGE, 0, index, 0, 0) + protinfo)
+        except KernelError as e:
             raise kernel_error(f"cannot set bridge port flags on link {index}", e) from None
 
     def set_bridge_vlan_filtering(self, index: int):
+        linkinfo = nested(rtnl.IFLA_LINKINFO, string(rtnl.IFLA_INFO_KIND, "bridge"),
+                          nested(rtnl.IFLA_INFO_DATA, u8(IFLA_BR_VLAN_FILTERING, 1)))
         try:
-            self.ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
-        except NetlinkError as e:
+            self.sock.request(rtnl.RTM_NEWLINK, rtnl.IFINFOMSG.pack(0, 0, index, 0, 0) + linkinfo)
+        except KernelError as e:
             if e.code == errno.EOPNOTSUPP:
                 raise CNIError(KERNEL_FAILURE, "this kernel has no bridge VLAN filtering",
                                "vlan and vlanTrunk need CONFIG_BRIDGE_VLAN_FILTERING") from None
             raise kernel_error("cannot enable VLAN filtering", e) from None
 
     def vlan(self, op: str, index: int, vid: int, pvid_untagged: bool = False):
+        """Never reached on a kernel without bridge VLAN filtering (set_bridge_vlan_filtering fails
+        first); pyroute2 builds the request."""
+        from cni.pyroute2_lite import NetlinkError as PyrouteError
         info = {"vid": vid, "flags": ["pvid", "untagged"] if pvid_untagged else []}
         try:
             self.ipr.vlan_filter(op, index=index, vlan_info=info)
-        except NetlinkError as e:
+        except PyrouteError as e:
             if op == "del" and e.code in (errno.ENOENT, errno.EINVAL):
                 return
             raise kernel_error(f"cannot {op} VLAN {vid} on link {index}", e) from None
 
     def delete_link(self, name: str) -> bool:
         try:
-            self.ipr.link("del", ifname=name)
-        except NetlinkError as e:
+            self.sock.request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, 0, 0, 0) + string(rtnl.IFLA_IFNAME, name))
+        except KernelError as e:
             if e.code in (errno.ENODEV, errno.ENOENT):
                 return False
             raise kernel_error(f"cannot delete link {name}", e) from None
@@ -193,33 +229,32 @@ class Namespace:
                     mac: str | None = None) -> bool:
         """A macvlan link on `master` (an ifindex here), born inside `netns` when given, down;
         False when the name is taken there."""
-        kwargs = {"net_ns_fd": netns} if netns else {}
-        if mtu:
-            kwargs["mtu"] = mtu
-        if mac:
-            kwargs["address"] = mac
-        try:
-            self.ipr.link("add", ifname=name, kind="macvlan", link=master, macvlan_mode=mode, **kwargs)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                return False
-            raise kernel_error(f"cannot create macvlan link on link {master}", e) from None
-        return True
+        attrs = (string(rtnl.IFLA_IFNAME, name) + u32(rtnl.IFLA_LINK, master)
+                 + (u32(rtnl.IFLA_MTU, mtu) if mtu else b"") + (rtnl.mac(rtnl.IFLA_ADDRESS, mac) if mac else b"")
+                 + nested(rtnl.IFLA_LINKINFO, string(rtnl.IFLA_INFO_KIND, "macvlan"),
+                          nested(rtnl.IFLA_INFO_DATA, u32(rtnl.IFLA_MACVLAN_MODE, MACVLAN_MODES[mode]))))
+        what = f"cannot create macvlan link on link {master}"
+        if not netns:
+            return self._new_link(what, attrs)
+        with _opened_netns(netns) as fd:
+            return self._new_link(what, attrs + u32(rtnl.IFLA_NET_NS_FD, fd))
 
     def alias(self, index: int) -> str | None:
         """The link's ifalias (host-device keeps a moved link's original name there)."""
-        try:
-            return self.ipr.link("get", index=index)[0].get_attr("IFLA_IFALIAS") or None
-        except NetlinkError as e:
-            raise kernel_error(f"cannot read link {index}", e) from None
+        link = self.link(index=index)
+        if link is None:
+            raise CNIError(KERNEL_FAILURE, f"cannot read link {index}", "it does not exist")
+        return link.alias or None
 
     def move_link(self, index: int, netns: str, name: str, where: str | None = None):
         """Move the link into the namespace at `netns` (a path, described as `where` in errors) and
         name it `name` there. The kernel moves it under its current name when that is free there and
         renames it afterwards; it uses `name` straight away only when the current name is taken."""
         try:
-            self.ipr.link("set", index=index, net_ns_fd=netns, ifname=name)
-        except NetlinkError as e:
+            with _opened_netns(netns) as fd:
+                self.sock.request(rtnl.RTM_NEWLINK, rtnl.IFINFOMSG.pack(0, 0, index, 0, 0)
+                                  + u32(rtnl.IFLA_NET_NS_FD, fd) + string(rtnl.IFLA_IFNAME, name))
+        except KernelError as e:
             if e.code == errno.EEXIST:
                 raise CNIError(LINK_CONFLICT, f"cannot move link {index} as {name}",
                                f"a link named {name} already exists in {where or netns}") from None
@@ -227,13 +262,13 @@ class Namespace:
 
     def macvlan_mode(self, index: int) -> str | None:
         """The mode of a macvlan link (bridge, private, vepa, passthru, source); None for other links."""
-        try:
-            info = self.ipr.link("get", index=index)[0].get_attr("IFLA_LINKINFO")
-        except NetlinkError as e:
-            raise kernel_error(f"cannot read link {index}", e) from None
-        if not info or info.get_attr("IFLA_INFO_KIND") != "macvlan":
+        link = self.link(index=index)
+        if link is None:
+            raise CNIError(KERNEL_FAILURE, f"cannot read link {index}", "it does not exist")
+        if link.kind != "macvlan":
             return None
-        return info.get_attr("IFLA_INFO_DATA").get_attr("IFLA_MACVLAN_MODE")
+        mode = rtnl.as_u32(link.info.get(rtnl.IFLA_MACVLAN_MODE))
+        return next((name for name, value in MACVLAN_MODES.items() if value == mode), None)
 
     # addresses
     def addresses(self, index: int) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
@@ -244,20 +279,25 @@ class Namespace:
 
     def _addresses(self, family: int, index: int) -> list[tuple[str, int, int]]:
         try:
-            return rtdump.addresses(self.ipr.fileno(), family, index)
+            return rtnl.addresses(self.sock, family, index)
         except OSError as e:
             raise CNIError(KERNEL_FAILURE, f"cannot read the addresses of link {index}", str(e)) from None
+
+    def _address_request(self, index: int, iface, flags: int = 0) -> bytes:
+        family = AF_INET if iface.version == 4 else AF_INET6
+        return (rtnl.IFADDRMSG.pack(family, iface.network.prefixlen, flags & 0xFF, 0, index)
+                + rtnl.ip(rtnl.IFA_LOCAL, iface.ip) + rtnl.ip(rtnl.IFA_ADDRESS, iface.ip))
 
     def add_address(self, index: int, address: str, nodad: bool = True, prefix_route: bool = True):
         """`prefix_route` False: no route to the address's subnet comes with it."""
         iface = ipaddress.ip_interface(address)
         flags = (IFA_F_NODAD if nodad and iface.version == 6 else 0) | (0 if prefix_route else IFA_F_NOPREFIXROUTE)
-        extra = {"flags": flags} if flags else {}
+        body = self._address_request(index, iface, flags) + (u32(rtnl.IFA_FLAGS, flags) if flags else b"")
         if iface.version == 4 and iface.network.prefixlen < 31:   # as `ip addr add ... brd +` and the reference
-            extra["broadcast"] = str(iface.network.broadcast_address)
+            body += rtnl.ip(rtnl.IFA_BROADCAST, iface.network.broadcast_address)
         try:
-            self.ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
-        except NetlinkError as e:
+            self.sock.request(rtnl.RTM_NEWADDR, body, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
+        except KernelError as e:
             if e.code != errno.EEXIST:
                 raise kernel_error(f"cannot add address {address}", e) from None
 
@@ -276,75 +316,94 @@ class Namespace:
             time.sleep(0.05)
 
     def delete_address(self, index: int, address: str):
-        iface = ipaddress.ip_interface(address)
         try:
-            self.ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        except NetlinkError as e:
+            self.sock.request(rtnl.RTM_DELADDR, self._address_request(index, ipaddress.ip_interface(address)))
+        except KernelError as e:
             if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
                 raise kernel_error(f"cannot remove address {address}", e) from None
+
+    def address_owner(self, address: str) -> int | None:
+        """The ifindex holding `address`, None if no link does (a dump of every address: not for a
+        plugin's ADD/DEL/CHECK)."""
+        wanted = ipaddress.ip_address(address)
+        family = AF_INET if wanted.version == 4 else AF_INET6
+        for body in self.sock.dump(rtnl.RTM_GETADDR, rtnl.IFADDRMSG.pack(family, 0, 0, 0, 0)):
+            attrs = rtnl.parse(body[rtnl.IFADDRMSG.size:])
+            raw = attrs.get(rtnl.IFA_LOCAL) or attrs.get(rtnl.IFA_ADDRESS)
+            if raw and ipaddress.ip_address(raw) == wanted:
+                return rtnl.IFADDRMSG.unpack_from(body)[4]
+        return None
 
     # routes
     def routes(self, index: int | None = None, families=(AF_INET, AF_INET6)) -> list[tuple[str, str | None, int]]:
         """(dst CIDR, gateway or None, oif) of the main table, of link `index` if given (filtered by
         the kernel: the main table holds an IPv6 link-local route per veth)."""
         try:
-            return [route for family in families
-                    for route in rtdump.routes(self.ipr.fileno(), family, RT_TABLE_MAIN, index)]
+            return [route for family in families for route in rtnl.routes(self.sock, family, RT_TABLE_MAIN, index)]
         except OSError as e:
             raise CNIError(KERNEL_FAILURE, "cannot read the routing table", str(e)) from None
+
+    def _route_message(self, dst: str, index: int, scope: int = rtnl.RT_SCOPE_UNIVERSE, route_flags: int = 0,
+                       for_delete: bool = False) -> bytes:
+        net = ipaddress.ip_network(dst, strict=False)
+        family = AF_INET if net.version == 4 else AF_INET6
+        if for_delete:      # as `ip route del`: any protocol, scope and type
+            header = rtnl.RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+        else:
+            header = rtnl.RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, rtnl.RTPROT_BOOT, scope,
+                                     rtnl.RTN_UNICAST, route_flags)
+        return header + rtnl.ip(rtnl.RTA_DST, net.network_address) + u32(rtnl.RTA_OIF, index)
 
     def add_route(self, index: int, dst: str, gateway: str | None = None, source: str | None = None,
                   link_scope: bool = False):
         """`link_scope`: the destination is directly on the link (as `ip route` marks a route without a gateway)."""
-        net = ipaddress.ip_network(dst, strict=False)
-        kwargs = {"dst": str(net), "oif": index}
-        if gateway:
-            kwargs["gateway"] = gateway
-        if source:
-            kwargs["prefsrc"] = source
-        if link_scope:
-            kwargs["scope"] = RT_SCOPE_LINK
+        body = self._route_message(dst, index, RT_SCOPE_LINK if link_scope else rtnl.RT_SCOPE_UNIVERSE)
+        body += (rtnl.ip(rtnl.RTA_GATEWAY, gateway) if gateway else b"") + \
+            (rtnl.ip(rtnl.RTA_PREFSRC, source) if source else b"")
         try:
-            self.ipr.route("add", **kwargs)
-        except NetlinkError as e:
+            self.sock.request(rtnl.RTM_NEWROUTE, body, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
+        except KernelError as e:
             if e.code != errno.EEXIST:
                 raise kernel_error(f"cannot add route to {dst}" + (f" via {gateway}" if gateway else ""), e) from None
 
-    # VXLAN tunnel endpoints and their forwarding entries (neighbours, FDB, onlink routes)
+    def replace_route(self, index: int, dst: str, gateway: str, onlink: bool = False):
+        """Add the route, or make the existing route to `dst` this one."""
+        body = self._route_message(dst, index, route_flags=RTNH_F_ONLINK if onlink else 0)
+        try:
+            self.sock.request(rtnl.RTM_NEWROUTE, body + rtnl.ip(rtnl.RTA_GATEWAY, gateway),
+                              rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE)
+        except KernelError as e:
+            raise kernel_error(f"cannot set route to {dst} via {gateway}", e) from None
+
+    def delete_route(self, index: int, dst: str):
+        try:
+            self.sock.request(rtnl.RTM_DELROUTE, self._route_message(dst, index, for_delete=True))
+        except KernelError as e:
+            if e.code not in (errno.ESRCH, errno.ENOENT):
+                raise kernel_error(f"cannot delete route to {dst}", e) from None
+
+    # VXLAN tunnel endpoints and their forwarding entries (neighbours, FDB)
     def vxlan(self, name: str) -> Vxlan | None:
         """The VXLAN settings of link `name`; None when it is missing or not a vxlan link."""
-        try:
-            msg = self.ipr.link("get", ifname=name)[0]
-        except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise kernel_error(f"cannot read link {name}", e) from None
-        info = msg.get_attr("IFLA_LINKINFO")
-        if not info or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+        link = self.link(name)
+        if link is None or link.kind != "vxlan":
             return None
-        data = info.get_attr("IFLA_INFO_DATA")
-        return Vxlan(vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
-                     local=data.get_attr("IFLA_VXLAN_LOCAL"), underlay=data.get_attr("IFLA_VXLAN_LINK") or 0,
-                     learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")))
+        data = link.info
+        local = data.get(IFLA_VXLAN_LOCAL) or data.get(IFLA_VXLAN_LOCAL6)
+        port = data.get(IFLA_VXLAN_PORT)
+        return Vxlan(vni=rtnl.as_u32(data.get(IFLA_VXLAN_ID)), port=struct.unpack("!H", port)[0] if port else 0,
+                     local=rtnl.as_ip(local) if local else None, underlay=rtnl.as_u32(data.get(IFLA_VXLAN_LINK)),
+                     learning=bool(data.get(IFLA_VXLAN_LEARNING, b"\0")[0]))
 
     def add_vxlan(self, name: str, vni: int, port: int, local: str, underlay: int, mtu: int, mac: str) -> bool:
         """A unicast VTEP without MAC learning; False when a link of that name already exists."""
-        try:
-            self.ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port, vxlan_local=local,
-                          vxlan_link=underlay, vxlan_learning=0, mtu=mtu, address=mac)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                return False
-            raise kernel_error(f"cannot create vxlan link {name}", e) from None
-        return True
-
-    def address_owner(self, address: str) -> int | None:
-        """The ifindex holding `address`, None if no link does."""
-        family = AF_INET if ipaddress.ip_address(address).version == 4 else AF_INET6
-        for m in self.ipr.get_addr(family=family):
-            if m.get_attr("IFA_ADDRESS") == address:
-                return m["index"]
-        return None
+        local_kind = IFLA_VXLAN_LOCAL if ipaddress.ip_address(local).version == 4 else IFLA_VXLAN_LOCAL6
+        data = (u32(IFLA_VXLAN_ID, vni) + rtnl.attr(IFLA_VXLAN_PORT, struct.pack("!H", port))
+                + rtnl.ip(local_kind, local) + (u32(IFLA_VXLAN_LINK, underlay) if underlay else b"")
+                + u8(IFLA_VXLAN_LEARNING, 0))
+        attrs = (string(rtnl.IFLA_IFNAME, name) + u32(rtnl.IFLA_MTU, mtu) + rtnl.mac(rtnl.IFLA_ADDRESS, mac)
+                 + nested(rtnl.IFLA_LINKINFO, string(rtnl.IFLA_INFO_KIND, "vxlan"), nested(rtnl.IFLA_INFO_DATA, data)))
+        return self._new_link(f"cannot create vxlan link {name}", attrs)
 
     def default_route_link(self) -> int | None:
         """The output link of the main table's IPv4 default route."""
@@ -353,64 +412,73 @@ class Namespace:
                 return oif
         return None
 
+    def _neighbours(self, family: int, index: int) -> list[tuple[int, dict]]:
+        """(state, attributes) of the neighbour (AF_INET) or FDB (AF_BRIDGE) entries of link `index`."""
+        out = []
+        for body in self.sock.dump(RTM_GETNEIGH, _NDMSG.pack(family, 0, 0, 0, 0) + u32(NDA_IFINDEX, index)):
+            _, ifindex, state, _, _ = _NDMSG.unpack_from(body)
+            if ifindex == index:
+                out.append((state, rtnl.parse(body[_NDMSG.size:])))
+        return out
+
+    def _neighbour_request(self, command: int, family: int, index: int, what: str, state: int = 0,
+                           flags: int = 0, attrs: bytes = b"", tolerated=()):
+        message_flags = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE if command == RTM_NEWNEIGH else 0
+        try:
+            self.sock.request(command, _NDMSG.pack(family, index, state, flags, 0) + attrs, message_flags)
+        except KernelError as e:
+            if e.code not in tolerated:
+                raise kernel_error(what, e) from None
+
     def permanent_neighbours(self, index: int) -> dict[str, str]:
         """IPv4 neighbour entries of state PERMANENT on the link: {address: MAC}."""
-        return {m.get_attr("NDA_DST"): m.get_attr("NDA_LLADDR")
-                for m in self.ipr.neigh("dump", ifindex=index, family=AF_INET)
-                if m["state"] & NUD_PERMANENT and m.get_attr("NDA_LLADDR")}
+        return {rtnl.as_ip(attrs[NDA_DST]): rtnl.as_mac(attrs[NDA_LLADDR])
+                for state, attrs in self._neighbours(AF_INET, index)
+                if state & NUD_PERMANENT and attrs.get(NDA_LLADDR) and NDA_DST in attrs}
 
     def set_permanent_neighbour(self, index: int, address: str, mac: str):
-        try:
-            self.ipr.neigh("replace", ifindex=index, dst=address, lladdr=mac, state=NUD_PERMANENT)
-        except NetlinkError as e:
-            raise kernel_error(f"cannot set neighbour {address} -> {mac}", e) from None
+        self._neighbour_request(RTM_NEWNEIGH, AF_INET, index, f"cannot set neighbour {address} -> {mac}",
+                                state=NUD_PERMANENT, attrs=rtnl.ip(NDA_DST, address) + rtnl.mac(NDA_LLADDR, mac))
 
     def delete_neighbour(self, index: int, address: str):
-        try:
-            self.ipr.neigh("del", ifindex=index, dst=address)
-        except NetlinkError as e:
-            if e.code not in (errno.ENOENT, errno.ESRCH):
-                raise kernel_error(f"cannot delete neighbour {address}", e) from None
+        self._neighbour_request(RTM_DELNEIGH, AF_INET, index, f"cannot delete neighbour {address}",
+                                attrs=rtnl.ip(NDA_DST, address), tolerated=(errno.ENOENT, errno.ESRCH))
 
     def remote_fdb(self, index: int) -> set[tuple[str, str]]:
         """(MAC, remote IP) of the link's FDB entries that point at a remote (a VTEP's unicast entries)."""
-        return {(m.get_attr("NDA_LLADDR"), m.get_attr("NDA_DST"))
-                for m in self.ipr.fdb("dump", ifindex=index) if m.get_attr("NDA_DST")}
+        return {(rtnl.as_mac(attrs.get(NDA_LLADDR)), rtnl.as_ip(attrs[NDA_DST]))
+                for _, attrs in self._neighbours(rtnl.AF_BRIDGE, index) if NDA_DST in attrs}
 
     def set_remote_fdb(self, index: int, mac: str, remote: str):
-        try:
-            self.ipr.fdb("replace", ifindex=index, lladdr=mac, dst=remote,
-                         state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
-        except NetlinkError as e:
-            raise kernel_error(f"cannot set FDB entry {mac} -> {remote}", e) from None
+        self._neighbour_request(RTM_NEWNEIGH, rtnl.AF_BRIDGE, index, f"cannot set FDB entry {mac} -> {remote}",
+                                state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF,
+                                attrs=rtnl.mac(NDA_LLADDR, mac) + rtnl.ip(NDA_DST, remote))
 
     def delete_remote_fdb(self, index: int, mac: str, remote: str):
-        try:
-            self.ipr.fdb("del", ifindex=index, lladdr=mac, dst=remote)
-        except NetlinkError as e:
-            if e.code not in (errno.ENOENT, errno.ESRCH):
-                raise kernel_error(f"cannot delete FDB entry {mac} -> {remote}", e) from None
+        self._neighbour_request(RTM_DELNEIGH, rtnl.AF_BRIDGE, index, f"cannot delete FDB entry {mac} -> {remote}",
+                                flags=NTF_SELF, attrs=rtnl.mac(NDA_LLADDR, mac) + rtnl.ip(NDA_DST, remote),
+                                tolerated=(errno.ENOENT, errno.ESRCH))
 
-    def replace_route(self, index: int, dst: str, gateway: str, onlink: bool = False):
-        """Add the route, or make the existing route to `dst` this one."""
-        try:
-            self.ipr.route("replace", dst=str(ipaddress.ip_network(dst)), gateway=gateway, oif=index,
-                           **({"flags": RTNH_F_ONLINK} if onlink else {}))
-        except NetlinkError as e:
-            raise kernel_error(f"cannot set route to {dst} via {gateway}", e) from None
 
-    def delete_route(self, index: int, dst: str):
-        try:
-            self.ipr.route("del", dst=str(ipaddress.ip_network(dst)), oif=index, table=RT_TABLE_MAIN)
-        except NetlinkError as e:
-            if e.code not in (errno.ESRCH, errno.ENOENT):
-                raise kernel_error(f"cannot delete route to {dst}", e) from None
+@contextlib.contextmanager
+def _opened_netns(where: str):
+    """The namespace at a path (or, as `ip netns` names them, /var/run/netns/<name>), open as an fd."""
+    path = where if os.sep in where else os.path.join("/var/run/netns", where)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CNIError(UNKNOWN_CONTAINER, f"cannot open network namespace {path}", str(e)) from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _netlink_socket_in(path: str) -> socket.socket:
     """An rtnetlink socket bound to the namespace at `path` (see run_in: nothing is forked;
     pyroute2's own netns sockets fork a helper, ~10 ms against ~1.5 ms)."""
-    return run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+    return run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                              rtnl.NETLINK_ROUTE))
 
 
 def run_in(path: str, work):
@@ -451,13 +519,17 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _to_link(msg) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-    port = info.get_attr("IFLA_INFO_SLAVE_DATA") if info else None
-    hairpin = bool(port.get_attr("IFLA_BRPORT_MODE")) if port else False
-    isolated = bool(port.get_attr("IFLA_BRPORT_ISOLATED")) if port else False
-    return Link(index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind or "",
-                mac=msg.get_attr("IFLA_ADDRESS") or "", mtu=msg.get_attr("IFLA_MTU") or 0,
-                master=msg.get_attr("IFLA_MASTER") or 0, peer=msg.get_attr("IFLA_LINK") or 0,
-                up=bool(msg["flags"] & 1), hairpin=hairpin, isolated=isolated)
+def _to_link(body: bytes) -> Link:
+    _, _, index, flags, _ = rtnl.IFINFOMSG.unpack_from(body)
+    attrs = rtnl.parse(body[rtnl.IFINFOMSG.size:])
+    info = rtnl.parse(attrs.get(rtnl.IFLA_LINKINFO, b""))
+    port = rtnl.parse(info.get(rtnl.IFLA_INFO_SLAVE_DATA, b""))
+    return Link(index=index, name=rtnl.as_string(attrs.get(rtnl.IFLA_IFNAME)),
+                kind=rtnl.as_string(info.get(rtnl.IFLA_INFO_KIND)), mac=rtnl.as_mac(attrs.get(rtnl.IFLA_ADDRESS)),
+                mtu=rtnl.as_u32(attrs.get(rtnl.IFLA_MTU)), master=rtnl.as_u32(attrs.get(rtnl.IFLA_MASTER)),
+                peer=rtnl.as_u32(attrs.get(rtnl.IFLA_LINK)), up=bool(flags & IFF_UP),
+                hairpin=bool(port.get(rtnl.IFLA_BRPORT_MODE, b"\0")[0]),
+                isolated=bool(port.get(rtnl.IFLA_BRPORT_ISOLATED, b"\0")[0]),
+                flags=flags, txqlen=rtnl.as_u32(attrs.get(rtnl.IFLA_TXQLEN)),
+                alias=rtnl.as_string(attrs.get(rtnl.IFLA_IFALIAS)),
+                info=rtnl.parse(info.get(rtnl.IFLA_INFO_DATA, b"")))

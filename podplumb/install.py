@@ -41,8 +41,8 @@ _TEMPLATE = """#!{python} -IS
 {marker}{module}
 import sys
 sys.path[:0] = [{code_root!r}]
-from podplumb.launcher import main
-sys.exit(main({module!r}, {socket!r}, {site_dir!r}))
+from podplumb.launcher import run
+run({module!r}, {socket!r}, {site_dir!r})
 """
 
 

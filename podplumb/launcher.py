@@ -6,6 +6,17 @@ import os
 import sys
 
 
+def run(module: str, daemon_socket: str | None = None, site_dir: str | None = None):
+    """The executable's whole life: main, then an exit that skips the interpreter's teardown (tens
+    of milliseconds spent freeing what the kernel frees at exit anyway)."""
+    code = main(module, daemon_socket, site_dir)
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()      # log files flushed and closed
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(module: str, daemon_socket: str | None = None, site_dir: str | None = None) -> int:
     stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     env = dict(os.environ)
@@ -28,9 +39,8 @@ def _serve(module: str, env: dict, stdin: bytes, daemon_socket: str | None,
     if daemon_socket:   # the dhcp plugin asks the lease service of the daemon this executable was installed for
         from podplumb.client import DHCP_SOCKET_ENV, dhcp_socket
         env.setdefault(DHCP_SOCKET_ENV, dhcp_socket(daemon_socket))
-    if site_dir:   # the plugin needs third-party packages (pyroute2): only now pay for site-packages
-        import site
-        site.addsitedir(site_dir)
+    if site_dir:   # third-party packages (pyroute2, for tc and dhcp) are there; its .pth files cost 25 ms, unneeded
+        sys.path.append(site_dir)
     return run_in_process(module, env, stdin)
 
 

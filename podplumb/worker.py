@@ -249,18 +249,17 @@ def _exit_reason(status: int) -> str:
 
 
 def warm_up(plugins: dict):
-    """Import every plugin we may serve, and pyroute2, so that no call pays for it."""
+    """Import every plugin we may serve, and pyroute2 (tc and policy routing use it), so that no call
+    pays for it."""
     started = time.monotonic()
     for name, module in PLUGINS.items():
         try:
             plugins[module] = skel.load_plugin(module)
         except ImportError as e:
             LOG.info("plugin %s not available here: %s", name, e)
-    from pyroute2 import IPRoute
+    from cni.pyroute2_lite import IPRoute
     with IPRoute() as ipr:         # loads the message classes a first call would otherwise load
-        ipr.get_links()
-        ipr.get_addr()
-        ipr.get_routes()
+        ipr.link("get", index=1)
     LOG.info("warm in %.2fs: %s", time.monotonic() - started,
              ", ".join(name for name, module in PLUGINS.items() if module in plugins))
 

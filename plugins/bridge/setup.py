@@ -23,7 +23,7 @@ def ensure_bridge(host: Namespace, conf: BridgeConfig) -> tuple:
                        f"link {conf.bridge} is of kind {link.kind or 'unknown'}")
     try:
         flags = IFF_UP | (IFF_PROMISC if conf.promisc else 0)
-        host.set_link(link.index, flags=flags, mask=flags)
+        host.set_link(link.index, flags=flags, change=flags)
         if conf.vlan or conf.vlan_trunk:
             host.set_bridge_vlan_filtering(link.index)
     except CNIError:

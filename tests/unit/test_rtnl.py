@@ -1,4 +1,4 @@
-"""cni.rtdump against a real kernel: kernel-filtered dumps give what `ip` shows for one link."""
+"""cni.rtnl and cni.netlink against a real kernel: kernel-filtered dumps give what `ip` shows for one link."""
 
 import json
 import sys
