@@ -70,7 +70,8 @@ class Vxlan:
 
 
 def kernel_error(what: str, error: Exception) -> CNIError:
-    return CNIError(KERNEL_FAILURE, what, f"{errno.errorcode.get(error.code, error.code)}: {error}")
+    code = getattr(error, "code", None) or getattr(error, "errno", None)
+    return CNIError(KERNEL_FAILURE, what, f"{errno.errorcode.get(code, code)}: {error}")
 
 
 class Namespace:
@@ -217,12 +218,29 @@ class Namespace:
             raise kernel_error(f"cannot {op} VLAN {vid} on link {index}", e) from None
 
     def delete_link(self, name: str) -> bool:
+        """Delete link `name`; False when there is none. Returns once the link is gone from the
+        namespace; see `teardown_in_background` for the kernel's part after that."""
+        if _background_teardowns is not None:
+            return self._delete_link_in_background(name)
         try:
             self.sock.request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, 0, 0, 0) + string(rtnl.IFLA_IFNAME, name))
         except KernelError as e:
             if e.code in (errno.ENODEV, errno.ENOENT):
                 return False
             raise kernel_error(f"cannot delete link {name}", e) from None
+        return True
+
+    def _delete_link_in_background(self, name: str) -> bool:
+        link = self.link(name)
+        if link is None:
+            return False
+        teardown = _Teardown(self.path, link.index)
+        _background_teardowns.append(teardown)
+        while self.link(index=link.index) is not None:
+            if not teardown.is_alive():
+                break
+            time.sleep(TEARDOWN_POLL)
+        teardown.raise_error(name)
         return True
 
     def add_macvlan(self, name: str, master: int, mode: str, netns: str | None = None, mtu: int = 0,
@@ -458,6 +476,58 @@ class Namespace:
         self._neighbour_request(RTM_DELNEIGH, rtnl.AF_BRIDGE, index, f"cannot delete FDB entry {mac} -> {remote}",
                                 flags=NTF_SELF, attrs=rtnl.mac(NDA_LLADDR, mac) + rtnl.ip(NDA_DST, remote),
                                 tolerated=(errno.ENOENT, errno.ESRCH))
+
+
+# The kernel takes a deleted link out of its namespace within a millisecond, then waits for an RCU
+# grace period (10-20 ms) before it answers RTM_DELLINK. A process that outlives its answer (a call
+# process of the node daemon) can leave that wait to a thread: after `teardown_in_background()`,
+# delete_link returns as soon as the link is gone, and `finish_teardowns()` waits for the rest.
+TEARDOWN_POLL = 0.0002
+_background_teardowns = None
+
+
+def teardown_in_background():
+    global _background_teardowns
+    _background_teardowns = []
+
+
+def finish_teardowns():
+    """Wait until the kernel has finished the deletions left to threads."""
+    global _background_teardowns
+    for teardown in _background_teardowns or ():
+        teardown.join()
+    _background_teardowns = None
+
+
+class _Teardown(threading.Thread):
+    """RTM_DELLINK of one link, sent from a thread of its own with a socket of its own."""
+
+    def __init__(self, path: str | None, index: int):
+        super().__init__(name="link-teardown")
+        self.path, self.index, self.error = path, index, None
+        self.start()
+
+    def run(self):
+        try:
+            if self.path:
+                with _opened_netns(self.path) as fd:
+                    enter(fd, self.path)
+            sock = rtnl.Socket()
+            try:
+                sock.request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, self.index, 0, 0))
+            finally:
+                sock.close()
+        except (OSError, CNIError) as e:
+            self.error = e
+
+    def raise_error(self, name: str):
+        """Raise what the deletion met, unless the link was gone anyway (ENODEV)."""
+        if self.is_alive() or self.error is None:
+            return
+        if isinstance(self.error, CNIError):
+            raise self.error
+        if getattr(self.error, "errno", None) not in (errno.ENODEV, errno.ENOENT):
+            raise kernel_error(f"cannot delete link {name}", self.error)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ the last process of its namespace) does not take the mounts the call still needs
 """
 
 import ctypes
+import importlib.machinery
 import os
 import socket
 import struct
@@ -74,11 +75,23 @@ def _setns(fd: int, kind: int, what: str):
 
 
 def _import_through(own_root: str):
-    """Point the import system's absolute paths at the daemon's root, seen through /proc (when the
-    caller's root has /proc): sys.path and the search paths of packages already imported."""
-    if not os.path.isdir(own_root):
-        return
-    for paths in [sys.path] + [getattr(m, "__path__", None) for m in list(sys.modules.values())]:
-        if isinstance(paths, list):
-            paths[:] = [own_root + entry if entry.startswith("/") else entry for entry in paths]
-    sys.path_importer_cache.clear()
+    """Modules first imported after the chroot are found in the daemon's root, seen through /proc
+    (when the caller's root has /proc). A finder that rewrites the search path of each such import,
+    rather than a rewrite of every imported package's path up front: that touches every module
+    object, and in a forked process each touched page is a copy (about 6 ms a call)."""
+    if os.path.isdir(own_root):
+        sys.meta_path.insert(0, _ThroughRoot(own_root))
+
+
+class _ThroughRoot:
+    def __init__(self, root: str):
+        self.root = root
+
+    def find_spec(self, name, path=None, target=None):
+        search = [self._through(entry) for entry in (sys.path if path is None else path)]
+        return importlib.machinery.PathFinder.find_spec(name, search, target)
+
+    def _through(self, entry):
+        if isinstance(entry, str) and entry.startswith("/") and not entry.startswith(self.root + "/"):
+            return self.root + entry
+        return entry

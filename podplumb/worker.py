@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 
-from cni import log, skel
+from cni import log, netlink, skel
 from cni.errors import DECODE_FAILURE, INTERNAL, INVALID_ENVIRONMENT, TRY_AGAIN_LATER
 from podplumb import caller, client
 from podplumb.install import PLUGINS
@@ -321,7 +321,7 @@ class Call:
         started = time.monotonic()
         guard = Guard(self.conn, budget, interrupt_on_hangup=command == "ADD")
         try:
-            with guard, attachment_lock(self.locks, attachment(env, stdin)):
+            with guard, attachment_lock(self.locks, attachment(env, stdin)), kernel_teardowns_after_answer():
                 try:
                     with request_logs(env) as captured:
                         stdout, code = serve(self.plugins, module, env, stdin)
@@ -486,6 +486,17 @@ def attachment(env: dict, stdin: bytes) -> str | None:
     if not isinstance(name, str):
         return None
     return f"{name}\0{env.get('CNI_CONTAINERID', '')}\0{env.get('CNI_IFNAME', '')}"
+
+
+@contextlib.contextmanager
+def kernel_teardowns_after_answer():
+    """Links the call deletes are gone when it answers; the kernel's wait that follows a deletion
+    (an RCU grace period) ends after the answer, still under the attachment's lock."""
+    netlink.teardown_in_background()
+    try:
+        yield
+    finally:
+        netlink.finish_teardowns()
 
 
 @contextlib.contextmanager

@@ -53,3 +53,45 @@ def test_a_link_without_addresses_or_routes_and_a_bridge_without_ports(netns):
             print(json.dumps([host.addresses(br.index), host.routes(br.index), host.ports(br.index)]))
     """)
     assert got == [[], [], []]
+
+
+def test_links_made_and_changed_through_rtnl_look_as_ip_shows_them(netns):
+    ns, pod = netns("pprt"), netns("pprt")
+    got = _in_ns(ns, f"""
+        with netlink.Namespace() as host:
+            assert host.add_bridge("br2", mtu=1400) and not host.add_bridge("br2")
+            br = host.link("br2")
+            assert host.add_veth("vh0", "eth7", "/var/run/netns/{pod}", mtu=1400, peer_mac="0a:58:00:00:00:07")
+            port = host.link("vh0")
+            host.set_link(port.index, master=br.index, state="up", txqlen=77, ifalias="pod seven")
+            host.set_bridge_port(port.index, hairpin=True, isolated=True)
+            host.set_link(br.index, state="up")
+            host.add_address(br.index, "10.9.0.1/24")
+            host.add_address(br.index, "fd09::1/64")
+            host.add_route(br.index, "10.10.0.0/16", gateway="10.9.0.254")
+            port = host.link(index=port.index)
+            print(json.dumps({{"port": [port.master == br.index, port.up, port.hairpin, port.isolated, port.txqlen,
+                                        port.alias, port.kind, port.mtu], "missing": host.link("nosuch") is None}}))
+    """)
+    assert got == {"port": [True, True, True, True, 77, "pod seven", "veth", 1400], "missing": True}
+    assert kernel.ip_json("link", "show", "eth7", ns=pod)[0]["address"] == "0a:58:00:00:00:07"
+    addrs = {f"{a['local']}/{a['prefixlen']}" for a in kernel.ip_json("addr", "show", "dev", "br2", ns=ns)[0]["addr_info"]}
+    assert {"10.9.0.1/24", "fd09::1/64"} <= addrs
+    routes = kernel.ip_json("route", "show", "10.10.0.0/16", ns=ns)
+    assert routes and routes[0]["gateway"] == "10.9.0.254" and routes[0]["dev"] == "br2"
+
+
+def test_a_deletion_left_to_the_kernel_in_the_background_is_gone_when_delete_link_returns(netns):
+    ns, pod = netns("pprt"), netns("pprt")
+    kernel.sh("ip", "link", "add", "vd0", "type", "veth", "peer", "name", "eth0", "netns", pod, ns=ns)
+    got = _in_ns(ns, f"""
+        netlink.teardown_in_background()
+        with netlink.Namespace() as host:
+            deleted = host.delete_link("vd0")
+            gone = host.link("vd0") is None
+            again = host.delete_link("vd0")
+            reused = host.add_veth("vd0", "eth0", "/var/run/netns/{pod}")   # both names are free again
+        netlink.finish_teardowns()
+        print(json.dumps([deleted, gone, again, reused]))
+    """)
+    assert got == [True, True, False, True]
