@@ -1,7 +1,7 @@
 """A veth pair from a pod's namespace to the host, as the main plugins (bridge, ptp) make, remove and
 check it. The host end's name is random; a plugin finds it again through prevResult."""
 
-import secrets
+import os
 
 from cni import chained, netlink, result as results
 from cni.errors import CHECK_FAILED, CNIError, LINK_CONFLICT
@@ -12,7 +12,7 @@ def create(host: netlink.Namespace, netns: str, ifname: str, mtu: int = 0, mac: 
     """A veth pair: a random host-side name, the pod side born as `ifname` inside `netns`. Returns the
     host side's name."""
     for _ in range(5):
-        host_name = "veth" + secrets.token_hex(4)
+        host_name = "veth" + os.urandom(4).hex()
         if host.add_veth(host_name, ifname, netns, mtu=mtu, peer_mac=mac):
             return host_name
         if host.link(host_name) is None:   # the taken name is the pod's, not our random one

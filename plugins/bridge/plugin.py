@@ -2,11 +2,19 @@
 
 import ipaddress
 
-from cni import addressing, chained, invoke, netlink, nftables, result as results, skel, veth
+from cni import addressing, chained, invoke, netlink, result as results, skel, veth
 from cni.errors import CNIError, INVALID_CONFIG
 from cni.rollback import Rollback
 
-from plugins.bridge import config, macspoof, setup
+from plugins.bridge import config, setup
+
+
+def _nftables():
+    """cni.nftables and the MAC spoof check on top of it, imported only by a call that needs rules
+    (ipMasq, macspoofchk, GC): their imports cost a standalone call several milliseconds."""
+    from cni import nftables
+    from plugins.bridge import macspoof
+    return nftables, macspoof
 
 
 def add(request: skel.Request) -> dict:
@@ -30,6 +38,8 @@ def add(request: skel.Request) -> dict:
         if conf.is_gateway:
             setup.ensure_gateways(host, conf, bridge.index, ips)
         pod = setup.configure_container(container, conf, request.ifname, ips, routes)
+        if conf.ip_masq or conf.macspoofchk:
+            nftables, macspoof = _nftables()
         if conf.ip_masq:
             undo.push("masquerade", lambda: nftables.remove_masquerade(conf.network, request.container_id,
                                                                        request.ifname))
@@ -101,6 +111,8 @@ def delete(request: skel.Request):
         return bridge is not None and link.master == bridge.index
 
     veth.remove(host_name, on_our_bridge, request.netns, request.ifname)
+    if conf.ip_masq or conf.macspoofchk:
+        nftables, macspoof = _nftables()
     if conf.ip_masq:
         nftables.remove_masquerade(conf.network, request.container_id, request.ifname)
     if conf.macspoofchk:
@@ -122,6 +134,7 @@ def check(request: skel.Request):
         if not conf.disable_container_interface:
             addressing.check(container, pod.index, request.ifname, chained.pod_ips(prev, request.ifname),
                              prev["routes"])
+    nftables, macspoof = _nftables()
     if conf.ip_masq and not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
                                                         [ip["address"] for ip in prev["ips"]]):
         raise veth.check_failed(f"masquerade rules of {request.container_id} are missing")
@@ -137,6 +150,7 @@ def gc(request: skel.Request):
     conf = config.load(request)
     _ipam(conf, request, "GC")
     valid = chained.valid_attachments(request)
+    nftables, macspoof = _nftables()
     nftables.gc_masquerade(conf.network, valid)
     macspoof.gc(conf.network, valid)
 
