@@ -12,7 +12,9 @@ on purpose:
   a range with nothing to hand out, and single-range keys without `subnet` are config errors;
 - the network and broadcast addresses are never handed out, even inside an explicit range;
 - `CNI_ARGS` `IP=` takes several comma-separated addresses; unknown CNI_ARGS keys are ignored;
-- DEL needs only the network name and dataDir, so it succeeds after the ranges became invalid;
+- DEL needs only the network name and dataDir, so it succeeds after the ranges became invalid; with a
+  prevResult reporting one held address per range set it reads those leases alone, without listing
+  the directory (the reference lists it on every DEL);
 - CHECK also compares the leases with prevResult, and creates nothing;
 - STATUS and GC exist; errors carry specific codes (7, 101, 102, 105, 50, 5) instead of 999.
 """

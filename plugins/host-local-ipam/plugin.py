@@ -30,12 +30,39 @@ def delete(request: skel.Request):
     if not store.exists():
         return
     with store.locked():
-        leases = store.leases()
-        mine = [lease for lease in leases if lease.held_by(request.container_id, request.ifname)]
-        if not mine:
-            mine = [lease for lease in leases if lease.ifname is None and lease.container_id == request.container_id]
+        mine = _reported_leases(store, request)
+        if mine is None:
+            leases = store.leases()
+            mine = [lease for lease in leases if lease.held_by(request.container_id, request.ifname)]
+            if not mine:
+                mine = [lease for lease in leases if lease.ifname is None and lease.container_id == request.container_id]
         for lease in mine:
             store.release(lease.address)
+
+
+def _reported_leases(store: Store, request: skel.Request) -> list | None:
+    """The attachment's leases found from prevResult, one file read per range set and no listing of
+    the directory (so a DEL's cost does not grow with the node's leases), when prevResult reports
+    one address in each range set and the attachment holds each of them. None otherwise (no
+    prevResult, ranges that no longer parse, or a prevResult that does not match the disk): then
+    the directory is read."""
+    prev = request.config.get("prevResult")
+    if not prev:
+        return None
+    try:
+        range_sets = config.load(request.config, request.args).range_sets
+        reported = {parse_address(ip["address"], "prevResult address")
+                    for ip in results.from_any(prev, request.version)["ips"]}
+    except (CNIError, KeyError, TypeError, ValueError):
+        return None
+    leases = []
+    for range_set in range_sets:
+        inside = [address for address in reported if range_set.range_for(address)]
+        lease = store.lease(inside[0]) if len(inside) == 1 else None
+        if lease is None or not lease.held_by(request.container_id, request.ifname):
+            return None
+        leases.append(lease)
+    return leases
 
 
 def check(request: skel.Request):

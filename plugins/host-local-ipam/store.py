@@ -107,6 +107,14 @@ class Store:
                 continue   # vanished, or not a file
         return found
 
+    def lease(self, address: Address) -> Lease | None:
+        """The lease of one address, None when there is none (one file read, no listing)."""
+        try:
+            with open(os.path.join(self.path, str(address)), "rb") as f:
+                return _parse_lease(address, f.read())
+        except OSError:
+            return None
+
     def reserve(self, address: Address, container_id: str, ifname: str) -> bool:
         """Create the lease file, complete or not at all; False when the address is taken."""
         final = os.path.join(self.path, str(address))

@@ -465,3 +465,22 @@ def test_temporary_file_is_no_lease_for_status_or_check(data_dir, netns_path):
     assert call("STATUS", conf) == (None, 0)           # the one address is still free
     out, code = call("CHECK", conf, netns_path, "dead", "eth0")
     assert code == CHECK_FAILED and "holds no lease" in out["msg"]
+
+
+def test_delete_with_prev_result_releases_the_reported_leases_or_falls_back_to_a_listing(data_dir, netns_path):
+    """prevResult's addresses are read one by one; when one is not the attachment's (or missing),
+    the directory is read as without prevResult."""
+    conf = network(data_dir, {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/64"}]]})
+    first = add(conf, netns_path, "c1", "eth0")
+    add(conf, netns_path, "c2", "eth0")
+    # a writer's leftover, removed by whoever lists the directory under the lock: it shows who did
+    leftover = os.path.join(data_dir, "testnet", "10.1.0.9.4242.podplumb-tmp")
+    open(leftover, "wb").close()
+    delete(dict(conf, prevResult=first), "c1", "eth0")
+    assert leases(data_dir) == {"10.1.0.3": b"c2\r\neth0", "fd00::3": b"c2\r\neth0",
+                                os.path.basename(leftover): b""}      # not listed
+    wrong = dict(first, ips=[dict(first["ips"][0], address="10.1.0.3/24")])     # c2's v4 address only
+    delete(dict(conf, prevResult=wrong), "c1", "eth0")             # not c1's: listed
+    assert leases(data_dir) == {"10.1.0.3": b"c2\r\neth0", "fd00::3": b"c2\r\neth0"}
+    delete(dict(conf, prevResult=wrong), "c2", "eth0")               # one range set unreported: listed
+    assert leases(data_dir) == {}
