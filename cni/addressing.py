@@ -1,6 +1,5 @@
 """A pod interface's addresses and routes from an IPAM result: set them, and check them (CHECK)."""
 
-import dataclasses
 import ipaddress
 
 from cni import result as results, sysctl
@@ -46,12 +45,14 @@ def check(ns: Namespace, index: int, ifname: str, ips: list, routes: list):
             raise CNIError(CHECK_FAILED, f"route to {route['dst']} is missing from {ns.path}")
 
 
-@dataclasses.dataclass(frozen=True)
 class Expected:
     """What CHECK compares with: the pod interface prevResult names, its addresses, the routes."""
-    interface: dict
-    ips: list
-    routes: list
+    __slots__ = ("interface", "ips", "routes")
+
+    def __init__(self, interface: dict, ips: list, routes: list):
+        self.interface = interface
+        self.ips = ips
+        self.routes = routes
 
 
 def expected(request) -> Expected:

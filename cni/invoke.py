@@ -1,6 +1,5 @@
 """Calling a delegate plugin (IPAM): in-process when it is one of ours, else exec it from CNI_PATH."""
 
-import dataclasses
 import json
 import logging
 import os
@@ -51,7 +50,7 @@ def delegate(request: Request, command: str | None = None):
     executable = find(ipam["type"], request.path)
     module = our_module(executable)
     if module:
-        return _in_process(module, dataclasses.replace(request, command=command))
+        return _in_process(module, request.replace(command=command))
     return _exec(executable, request, command)
 
 
@@ -79,7 +78,7 @@ def add_optional_ipam(request: Request, undo) -> tuple[list, list, dict | None]:
 def _in_process(module: str, request: Request):
     plugin = skel.load_plugin(module)
     if plugin.config_fields:   # the delegate reads the config's keys as its own decoder would
-        request = dataclasses.replace(request, config=netconf.network_config(request.config, plugin.config_fields))
+        request = request.replace(config=netconf.network_config(request.config, plugin.config_fields))
     handler = {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check,
                "STATUS": plugin.status, "GC": plugin.gc}[request.command]
     return handler(request)

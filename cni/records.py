@@ -14,7 +14,6 @@ never fails the call: it is logged, and that attachment is invisible to gc.
 """
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -32,20 +31,26 @@ def state_dir(env) -> str:
     return env.get("PODPLUMB_STATE_DIR") or os.environ.get("PODPLUMB_STATE_DIR") or DEFAULT_STATE_DIR
 
 
-@dataclasses.dataclass(frozen=True)
 class Record:
-    path: str
-    network: str
-    container_id: str
-    ifname: str
-    type: str
-    netns: str
-    netns_id: tuple | None     # (st_dev, st_ino) of the namespace at ADD
-    args: str
-    cni_path: str
-    config: dict
-    result: dict
-    added: float
+    """One attachment record, as read back (podplumb gc and attachments)."""
+    __slots__ = ("path", "network", "container_id", "ifname", "type", "netns", "netns_id", "args", "cni_path",
+                 "config", "result", "added")
+
+    def __init__(self, path: str, network: str, container_id: str, ifname: str, type: str, netns: str,
+                 netns_id: tuple | None,     # (st_dev, st_ino) of the namespace at ADD
+                 args: str, cni_path: str, config: dict, result: dict, added: float):
+        self.path = path
+        self.network = network
+        self.container_id = container_id
+        self.ifname = ifname
+        self.type = type
+        self.netns = netns
+        self.netns_id = netns_id
+        self.args = args
+        self.cni_path = cni_path
+        self.config = config
+        self.result = result
+        self.added = added
 
     def netns_alive(self) -> bool | None:
         """Whether the pod's namespace is still the one of the ADD; None when there is no way to know."""

@@ -1,15 +1,13 @@
 """The bridge plugin's config: reference defaults, then validation with messages that name the key."""
 
-import dataclasses
-
 from cni import fields
 from cni.errors import config_error
 from cni.skel import Request
 
 
-@dataclasses.dataclass(frozen=True)
 class BridgeConfig:
-    network: str
+    """The validated config: the reference's defaults (class attributes) overridden by what `load`
+    found. A plain class, not a dataclass: see cni.skel.Request."""
     bridge: str = "cni0"
     is_gateway: bool = False
     is_default_gateway: bool = False
@@ -28,6 +26,13 @@ class BridgeConfig:
     mac: str | None = None
     dns: dict | None = None
     layer2_only: bool = False       # no ipam: the pod gets a link and no address
+
+    def __init__(self, network: str, **values):
+        self.network = network
+        for name, value in values.items():
+            if not hasattr(BridgeConfig, name):
+                raise TypeError(f"BridgeConfig has no field {name!r}")
+            setattr(self, name, value)
 
 
 _BOOLS = {

@@ -1,6 +1,5 @@
 """host-local's configuration: where leases live, the range sets, routes and requested addresses."""
 
-import dataclasses
 import ipaddress
 import os
 
@@ -13,24 +12,29 @@ _LEGACY_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway")
 _ROUTE_NUMBERS = ("mtu", "advmss", "priority", "table", "scope")
 
 
-@dataclasses.dataclass(frozen=True)
 class Location:
     """Where one network's leases live: <dataDir>/<network>/."""
-    network: str
-    data_dir: str
+    __slots__ = ("network", "data_dir")
+
+    def __init__(self, network: str, data_dir: str):
+        self.network = network
+        self.data_dir = data_dir
 
     @property
     def path(self) -> str:
         return os.path.join(self.data_dir, self.network)
 
 
-@dataclasses.dataclass(frozen=True)
 class Config:
-    location: Location
-    range_sets: tuple[ranges.RangeSet, ...]
-    routes: tuple[dict, ...]
-    resolv_conf: str | None
-    requested: tuple[ranges.Address, ...]
+    __slots__ = ("location", "range_sets", "routes", "resolv_conf", "requested")
+
+    def __init__(self, location: Location, range_sets: tuple[ranges.RangeSet, ...], routes: tuple[dict, ...],
+                 resolv_conf: str | None, requested: tuple[ranges.Address, ...]):
+        self.location = location
+        self.range_sets = range_sets
+        self.routes = routes
+        self.resolv_conf = resolv_conf
+        self.requested = requested
 
 
 def ipam_section(config: dict) -> dict:

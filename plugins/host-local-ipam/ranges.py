@@ -5,7 +5,6 @@ accident and huge IPv6 ranges cost nothing to walk lazily. Other plugins may use
 `parse_address` and `parse_range_set` too: they only depend on the standard library.
 """
 
-import dataclasses
 import ipaddress
 
 from cni.errors import config_error
@@ -41,12 +40,14 @@ def parse_cidr(text, what: str) -> Network:
     return interface.network
 
 
-@dataclasses.dataclass(frozen=True)
 class Range:
-    subnet: Network
-    start: int
-    end: int
-    gateway: int
+    __slots__ = ("subnet", "start", "end", "gateway")
+
+    def __init__(self, subnet: Network, start: int, end: int, gateway: int):
+        self.subnet = subnet
+        self.start = start
+        self.end = end
+        self.gateway = gateway
 
     @property
     def family(self) -> int:
@@ -90,11 +91,13 @@ class Range:
         return f"{self.address(self.start)}-{self.address(self.end)}"
 
 
-@dataclasses.dataclass(frozen=True)
 class RangeSet:
     """Ranges of one family; an attachment gets one address from each range set."""
-    index: int
-    ranges: tuple[Range, ...]
+    __slots__ = ("index", "ranges")
+
+    def __init__(self, index: int, ranges: tuple[Range, ...]):
+        self.index = index
+        self.ranges = ranges
 
     def range_for(self, address: Address) -> Range | None:
         return next((r for r in self.ranges if r.spans(address)), None)

@@ -8,7 +8,6 @@ a node's leases:
 """
 
 import contextlib
-import dataclasses
 import fcntl
 import ipaddress
 import os
@@ -23,11 +22,14 @@ LAST_RESERVED_PREFIX = "last_reserved_ip."
 TEMP_SUFFIX = ".podplumb-tmp"
 
 
-@dataclasses.dataclass(frozen=True)
 class Lease:
-    address: Address
-    container_id: str
-    ifname: str | None   # None: the reference's older format, which stored only the container ID
+    __slots__ = ("address", "container_id", "ifname")
+
+    def __init__(self, address: Address, container_id: str,
+                 ifname: str | None):    # None: the reference's older format, which stored only the container ID
+        self.address = address
+        self.container_id = container_id
+        self.ifname = ifname
 
     def held_by(self, container_id: str, ifname: str) -> bool:
         return self.container_id == container_id and self.ifname == ifname

@@ -1,7 +1,6 @@
 """Pods attach to the host's bridge exactly as with the bridge plugin: a vxlan request becomes a
 bridge request (the bridge plugin's own code then does veth, addressing, IPAM and rollback)."""
 
-import dataclasses
 import ipaddress
 import json
 
@@ -25,4 +24,4 @@ def bridge_request(request: Request, conf: VxlanConfig, subnet: ipaddress.IPv4Ne
     if subnet is not None and "ranges" not in ipam and "subnet" not in ipam:
         ipam["ranges"] = [[{"subnet": str(subnet)}]]
     raw["ipam"] = ipam
-    return dataclasses.replace(request, config=raw, stdin=json.dumps(raw).encode())
+    return request.replace(config=raw, stdin=json.dumps(raw).encode())

@@ -49,3 +49,16 @@ def test_bridge_status_needs_no_pyroute2(tmp_path):
             f"{{'CNI_COMMAND': 'STATUS', 'CNI_PATH': '{bin_dir}'}}, {json.dumps(json.dumps(conf))}.encode())\n"
             "assert status == 0, out")
     assert _modules_after(code)["pyroute2"] is False
+
+
+def test_a_bridge_call_defines_no_dataclass_but_netlinks():
+    """Every dataclass costs a standalone call the exec of its generated methods, and `dataclasses` itself
+    imports inspect, ast and tokenize: the modules of a bridge ADD use plain classes. (cni.netlink's
+    Link and Vxlan are the last ones; with them gone, `dataclasses` is not imported at all.)"""
+    code = ("import sys\nimport plugins.bridge.plugin, plugins.host_local.plugin\n"
+            "found = sorted({c.__module__ for m in list(sys.modules.values()) for c in vars(m).values()\n"
+            "                if isinstance(c, type) and hasattr(c, '__dataclass_fields__')\n"
+            "                and c.__module__.split('.')[0] in ('cni', 'plugins', 'podplumb')})\n"
+            "print(','.join(found))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["cni.netlink"]
