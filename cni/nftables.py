@@ -306,39 +306,96 @@ def run(text: str, json_output: bool = False, check_only: bool = False) -> tuple
     return proc.returncode, proc.stdout, proc.stderr
 
 
+# ---- nf_tables netlink, for what nft cannot say cheaply ----------------------------------------------
+# nft fetches the names of all chains of the namespace before it lists one chain, and prints no use
+# count: these requests ask the kernel for one chain alone.
+
 _FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7, "arp": 3, "netdev": 5}    # NFPROTO_*
 _NETLINK_NETFILTER = 12
-_GETCHAIN = (10 << 8) | 4          # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN
+_GETCHAIN, _GETRULE = (10 << 8) | 4, (10 << 8) | 7       # NFNL_SUBSYS_NFTABLES, NFT_MSG_GET*
+_REQUEST, _DUMP = 0x1, 0x300
+_DONE, _ERROR = 3, 2
 _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_USE = 1, 3, 6
+_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA = 1, 2, 3, 7
+_UDATA_COMMENT = 0
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    body = struct.pack("=HH", 4 + len(value), kind) + value
+    return body + b"\0" * (-len(body) % 4)
+
+
+def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
+    found = {}
+    while offset + 4 <= end:
+        size, kind = struct.unpack_from("=HH", data, offset)
+        if size < 4:
+            break
+        found[kind & 0x3fff] = data[offset + 4:offset + size]
+        offset += (size + 3) & ~3
+    return found
+
+
+def _nf_request(kind: int, flags: int, family: str, table: str, attrs: bytes) -> list[dict[int, bytes]]:
+    """Send one nf_tables request; the attributes of each message of the answer. ENOENT -> None."""
+    payload = struct.pack("=BBH", _FAMILIES[family], 0, 0) + _attr(1, table.encode() + b"\0") + attrs
+    request = struct.pack("=IHHII", 16 + len(payload), kind, flags, 1, 0) + payload
+    messages = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER) as sock:
+        sock.settimeout(EXEC_TIMEOUT)
+        sock.sendto(request, (0, 0))
+        while True:
+            data, offset = sock.recv(1 << 20), 0
+            while offset + 16 <= len(data):
+                length, msg_type, msg_flags = struct.unpack_from("=IHH", data, offset)
+                if msg_type == _ERROR:
+                    error = -struct.unpack_from("=i", data, offset + 16)[0]
+                    if error == errno.ENOENT:
+                        return None
+                    if error:
+                        raise NftError(f"nf_tables request on table {family} {table} failed", os.strerror(error))
+                    return messages
+                if msg_type == _DONE:
+                    return messages
+                messages.append(_attrs(data, offset + 20, offset + length))      # after nlmsghdr, nfgenmsg
+                offset += (length + 3) & ~3
+            if not flags & _DUMP:
+                return messages
 
 
 def chain_use(family: str, table: str, chain: str) -> int | None:
     """How many references the kernel counts on a chain (its rules, and the jumps and map elements
-    that lead to it), None when the chain does not exist: one nf_tables netlink request for that
-    chain alone (nft prints no use count)."""
-    def attr(kind: int, value: bytes) -> bytes:
-        body = struct.pack("=HH", 4 + len(value), kind) + value
-        return body + b"\0" * (-len(body) % 4)
-    payload = (struct.pack("=BBH", _FAMILIES[family], 0, 0)
-               + attr(_CHAIN_TABLE, table.encode() + b"\0") + attr(_CHAIN_NAME, chain.encode() + b"\0"))
-    request = struct.pack("=IHHII", 16 + len(payload), _GETCHAIN, 1, 1, 0) + payload     # NLM_F_REQUEST
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER) as sock:
-        sock.settimeout(EXEC_TIMEOUT)
-        sock.sendto(request, (0, 0))
-        reply = sock.recv(65536)
-    length, kind = struct.unpack_from("=IH", reply)
-    if kind == 2:                                  # NLMSG_ERROR
-        error = -struct.unpack_from("=i", reply, 16)[0]
-        if error == errno.ENOENT:
-            return None
-        raise NftError(f"cannot read nftables chain {family} {table} {chain}", os.strerror(error))
-    offset = 20                                    # nlmsghdr, nfgenmsg
-    while offset + 4 <= length:
-        size, kind = struct.unpack_from("=HH", reply, offset)
-        if kind & 0x3fff == _CHAIN_USE:
-            return struct.unpack_from(">I", reply, offset + 4)[0]
-        offset += (size + 3) & ~3
-    raise NftError(f"cannot read nftables chain {family} {table} {chain}", "the kernel sent no use count")
+    that lead to it), None when the chain does not exist."""
+    found = _nf_request(_GETCHAIN, _REQUEST, family, table, _attr(_CHAIN_NAME, chain.encode() + b"\0"))
+    if found is None:
+        return None
+    if not found or _CHAIN_USE not in found[0]:
+        raise NftError(f"cannot read nftables chain {family} {table} {chain}", "the kernel sent no use count")
+    return struct.unpack(">I", found[0][_CHAIN_USE])[0]
+
+
+def chain_rules(family: str, table: str, chain: str) -> "list[Rule] | None":
+    """The rules of one chain with their handles and comments (not their expressions), None when the
+    chain does not exist: a dump the kernel filters to that chain."""
+    if chain_use(family, table, chain) is None:
+        return None
+    found = _nf_request(_GETRULE, _REQUEST | _DUMP, family, table, _attr(_RULE_CHAIN, chain.encode() + b"\0"))
+    rules = []
+    for attrs in found or ():
+        handle = struct.unpack(">Q", attrs[_RULE_HANDLE])[0]
+        rules.append(Rule(chain, handle, _comment(attrs.get(_RULE_USERDATA, b"")), ()))
+    return rules
+
+
+def _comment(userdata: bytes) -> str:
+    """The comment in a rule's user data (type-length-value, as nft writes it)."""
+    offset = 0
+    while offset + 2 <= len(userdata):
+        kind, size = userdata[offset], userdata[offset + 1]
+        if kind == _UDATA_COMMENT:
+            return userdata[offset + 2:offset + 2 + size].rstrip(b"\0").decode(errors="replace")
+        offset += 2 + size
+    return ""
 
 
 def _nft_binary() -> str:
@@ -373,8 +430,14 @@ class Table:
         chains = {item["chain"]["name"] for item in json.loads(out).get("nftables", []) if "chain" in item}
         return Listing(True, frozenset(chains), tuple(_rules(out)))
 
+    def chain_rules(self, chain: str) -> "list[Rule] | None":
+        """The rules of one chain, handles and comments only, None when the chain or table is absent
+        (asked of the kernel for that chain alone)."""
+        return chain_rules(self.family, self.name, chain)
+
     def list_chain(self, chain: str) -> "list[Rule] | None":
-        """The rules of one chain (one `nft list chain`), None when the chain or table is absent."""
+        """The rules of one chain with their expressions (one `nft list chain`, which fetches the names
+        of every chain first), None when the chain or table is absent."""
         code, out, err = run(f"list chain {self.family} {self.name} {chain}", json_output=True)
         if code != 0:
             if "No such file or directory" in err:
@@ -523,9 +586,10 @@ class Attachments:
                     script.add_rule(name, rule)
         return script
 
-    def read(self, chain: str) -> Attached | None:
-        """The attachment's chain as listed (one `nft list chain`), None when it does not exist."""
-        found = self.table.list_chain(chain)
+    def read(self, chain: str, expressions: bool = False) -> Attached | None:
+        """The attachment's chain, None when it does not exist. Its rules' expressions (for CHECK)
+        only with `expressions`: that takes `nft list chain`."""
+        found = self.table.list_chain(chain) if expressions else self.table.chain_rules(chain)
         return None if found is None else attachments_read(chain, found)
 
     def add(self, script: Script, chain: str, rule_tag: str, rules, elements=(), notes=(), fresh=False):
@@ -742,7 +806,7 @@ def masquerade_present(network: str, container_id: str, ifname: str, addresses: 
     """True when this container's masquerade rules are exactly those `ensure_masquerade` makes and
     its addresses lead to them."""
     chain = MASQ.chain_name(network, container_id, ifname)
-    attached = MASQ.read(chain)
+    attached = MASQ.read(chain, expressions=True)
     if attached is None:
         return False
     rules = _masq_rules(addresses)

@@ -35,7 +35,8 @@ def delete(request: skel.Request):
             leases = store.leases()
             mine = [lease for lease in leases if lease.held_by(request.container_id, request.ifname)]
             if not mine:
-                mine = [lease for lease in leases if lease.ifname is None and lease.container_id == request.container_id]
+                mine = [lease for lease in leases
+                        if lease.ifname is None and lease.container_id == request.container_id]
         for lease in mine:
             store.release(lease.address)
 

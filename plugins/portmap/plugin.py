@@ -59,8 +59,8 @@ def _write_fresh(config, tag, chain, wanted, snat, elements, localnet_ifname):
 def _replace(request, config, tag, chain, wanted, snat, elements, localnet_ifname):
     """ADD when the fresh transaction failed: read the attachment's chain and its host ports' chains,
     name a conflict, take over an address held by a stale attachment."""
-    if localnet_ifname and TABLE.list_chain(rules.localnet_chain(localnet_ifname)) is None \
-            and localnet.enabled(localnet_ifname):
+    users = localnet_ifname and nftables.chain_use(TABLE.family, TABLE.name, rules.localnet_chain(localnet_ifname))
+    if localnet_ifname and users is None and localnet.enabled(localnet_ifname):
         localnet_ifname = None     # turned on by the admin, not by us: leave it be
     if localnet_ifname:
         snat = snat + [(f"jump {rules.localnet_chain(localnet_ifname)}", None)]
@@ -112,9 +112,10 @@ def _claimed(attached) -> set[str]:
     return {n for n in attached.notes if n.startswith(rules.PORT_CHAIN_PREFIX)} if attached else set()
 
 
-def _port_chains(names) -> dict:
-    """{port chain: its rules, None when absent}: one `nft list chain` per port."""
-    return {name: TABLE.list_chain(name) for name in sorted(names)}
+def _port_chains(names, expressions: bool = False) -> dict:
+    """{port chain: its rules, None when absent}: one read per port (see `Attachments.read`)."""
+    read = TABLE.list_chain if expressions else TABLE.chain_rules
+    return {name: read(name) for name in sorted(names)}
 
 
 def _drop_claims(script, held: dict, tags: set, keep=frozenset()):
@@ -173,12 +174,12 @@ def check(request: skel.Request) -> None:
         raise config_error("portmap CHECK needs prevResult", "the config has no prevResult")
     tag = nftables.tag(request.network, request.container_id, request.ifname)
     chain = ATTACHMENTS.chain_name(request.network, request.container_id, request.ifname)
-    attached = ATTACHMENTS.read(chain)
+    attached = ATTACHMENTS.read(chain, expressions=True)
     if not config.mappings and not attached:
         return
     addresses = _addresses(config, request)
     wanted = rules.desired(config, addresses, "")
-    held = _port_chains({w.chain for w in wanted if w.claim} | _claimed(attached))
+    held = _port_chains({w.chain for w in wanted if w.claim} | _claimed(attached), expressions=True)
     actual = [r for listed in held.values() for r in listed or () if r.tag == tag]
     actual += [dataclasses.replace(r, chain=rules.SNAT) for r in (attached.rules if attached else ()) if r.tag]
     problems = rules.base_problems({c: TABLE.list_chain(c) for c in (rules.PREROUTING, rules.OUTPUT)})

@@ -333,3 +333,19 @@ def test_chain_use_counts_what_refers_to_a_chain(scratch_ns):
         print(json.dumps([nft.chain_use("inet", "pp-test", c) for c in ("target", "a", "b", "none")]
                          + [nft.chain_use("inet", "pp-none", "a")]))
     """) == [2, 2, 1, None, None]
+
+
+def test_chain_rules_reads_one_chain_from_the_kernel_as_nft_lists_it(scratch_ns):
+    """Handles and comments of one chain, the same as `nft list chain` gives, also when the kernel
+    answers in several parts (300 rules); None for a chain or table that does not exist."""
+    rules = "".join(f'add rule inet pp-test big counter comment "pp:12345678:{i:016x} c{i}/eth0"\n' for i in range(300))
+    kernel.sh("nft", "-f", "-", ns=scratch_ns, input="add table inet pp-test\nadd chain inet pp-test big\n"
+              "add chain inet pp-test empty\n" + rules)
+    out = _in_netns(scratch_ns, """
+        table = nft.Table("pp-test")
+        fast, listed = table.chain_rules("big"), table.list_chain("big")
+        print(json.dumps([[(r.handle, r.comment) for r in fast] == [(r.handle, r.comment) for r in listed],
+                          len(fast), fast[-1].attachment_hash, table.chain_rules("empty"),
+                          table.chain_rules("none"), nft.Table("pp-none").chain_rules("big")]))
+    """)
+    assert out == [True, 300, f"{299:016x}", [], None, None]
