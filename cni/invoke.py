@@ -1,14 +1,11 @@
 """Calling a delegate plugin (IPAM): in-process when it is one of ours, else exec it from CNI_PATH."""
 
 import json
-import logging
 import os
 
-from cni import fields, netconf, result as results, skel
+from cni import fields, log, netconf, result as results, skel
 from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, DECODE_FAILURE, TRY_AGAIN_LATER
 from cni.skel import Request
-
-LOG = logging.getLogger("podplumb")
 
 # Our installed executables carry this line; it names the module that serves them.
 MARKER = b"# podplumb-plugin: "
@@ -87,7 +84,7 @@ def _in_process(module: str, request: Request):
 def _exec(executable: str, request: Request, command: str):
     import subprocess        # only for a plugin not ours: our own run in-process, without its import cost
     env = dict(request.env, CNI_COMMAND=command)
-    LOG.info("exec %s %s", executable, command)
+    log.logger().info("exec %s %s", executable, command)
     try:
         proc = subprocess.run([executable], input=request.stdin, env=env, capture_output=True,
                               timeout=EXEC_TIMEOUT)
@@ -96,7 +93,7 @@ def _exec(executable: str, request: Request, command: str):
     except OSError as e:
         raise CNIError(IO_FAILURE, f"cannot run {executable}", e.strerror) from None
     if proc.stderr:
-        LOG.info("%s: %s", executable, proc.stderr.decode(errors="replace").strip())
+        log.logger().info("%s: %s", executable, proc.stderr.decode(errors="replace").strip())
     output = proc.stdout.strip()
     if proc.returncode != 0:
         try:

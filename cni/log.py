@@ -1,42 +1,67 @@
-"""Logs go to stderr, and to a file when PODPLUMB_LOG_FILE names one; never to stdout."""
+"""Logs go to stderr, and to a file when PODPLUMB_LOG_FILE names one; never to stdout.
 
-import json
-import logging
+Plugin code logs through `logger()`. A standalone call at the default level (WARNING, no log
+file) mostly has nothing to say, so it imports `logging` (about 5 ms of its start-up on a slow CPU)
+only when it logs something.
+"""
+
 import sys
-import time
 
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
 FORMATS = ("text", "json")
+INFO, WARNING = 20, 30
+_LEVELS = {"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARN": 30, "WARNING": 30, "INFO": 20, "DEBUG": 10,
+           "NOTSET": 0}    # logging's own names
+
+_pending_env = None      # a call's environment whose logging is set up by the first logger()
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time (RFC 3339, UTC), level, logger, message, and the traceback if any."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-    def formatTime(self, record, datefmt=None) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-
-
-def formatter(form: str) -> logging.Formatter:
+def formatter(form: str):
     """The formatter for --log-format `form` (text or json)."""
+    import logging
+    from cni.jsonlog import JsonFormatter
     return JsonFormatter() if form == "json" else logging.Formatter(FORMAT)
 
 
 def level(name: str) -> int:
     """A logging level from its name; an unknown name means WARNING rather than an error."""
-    value = logging.getLevelName(str(name).upper())
-    return value if isinstance(value, int) else logging.WARNING
+    return _LEVELS.get(str(name).upper(), WARNING)
 
 
 def configure(env):
-    """Once per process: a no-op when the podplumb logger has handlers already (an earlier call,
-    or the node daemon, which sets up its own logging and captures each request's logs itself)."""
+    """At the start of a call: its logs go to stderr from PODPLUMB_LOG_LEVEL (default WARNING) and
+    to PODPLUMB_LOG_FILE from INFO. Once per process: a "podplumb" logger with handlers already (an
+    earlier call, or the node daemon, which sets up its own logging and captures each request's logs
+    itself) is left alone. A call that would log nothing below WARNING, in a process that has not
+    imported `logging`, leaves the set-up to its first `logger()`."""
+    global _pending_env
+    later = "logging" not in sys.modules and not _below_warning(env)
+    _pending_env = env if later else None
+    if not later:
+        _set_up(env)
+
+
+def quiet() -> bool:
+    """Whether INFO lines go nowhere (then `logging` may not be imported yet: see configure)."""
+    return _pending_env is not None
+
+
+def logger():
+    """The "podplumb" logger, set up for the call if it is not yet."""
+    global _pending_env
+    if _pending_env is not None:
+        env, _pending_env = _pending_env, None
+        _set_up(env)
+    import logging
+    return logging.getLogger("podplumb")
+
+
+def _below_warning(env) -> bool:
+    return bool(env.get("PODPLUMB_LOG_FILE")) or level(env.get("PODPLUMB_LOG_LEVEL", "WARNING")) < WARNING
+
+
+def _set_up(env):
+    import logging
     root = logging.getLogger("podplumb")
     if root.handlers:
         return

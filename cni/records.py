@@ -15,13 +15,10 @@ never fails the call: it is logged, and that attachment is invisible to gc.
 
 import contextlib
 import json
-import logging
 import os
 import time
 
-from cni import files
-
-LOG = logging.getLogger("podplumb")
+from cni import files, log
 
 DEFAULT_STATE_DIR = "/var/lib/cni/podplumb"
 SUFFIX = ".json"
@@ -91,7 +88,7 @@ def remember(request, result: dict):
     try:
         files.replace(path, json.dumps(record))
     except (OSError, ValueError) as e:
-        LOG.warning("cannot record the attachment for podplumb gc at %s: %s", path, e)
+        log.logger().warning("cannot record the attachment for podplumb gc at %s: %s", path, e)
 
 
 def forget(request):
@@ -105,7 +102,7 @@ def forget(request):
     except FileNotFoundError:
         return
     except OSError as e:
-        LOG.warning("cannot remove the attachment record in %s: %s", directory, e)
+        log.logger().warning("cannot remove the attachment record in %s: %s", directory, e)
         return
     _remove_empty(directory, levels=2)
 
@@ -147,7 +144,7 @@ def _read(path: str) -> Record | None:
                       args=data.get("args") or "", cni_path=data.get("path") or "", config=data["config"],
                       result=data.get("result") or {}, added=float(data.get("added") or 0))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        LOG.warning("unreadable attachment record %s: %s", path, e)
+        log.logger().warning("unreadable attachment record %s: %s", path, e)
         return None
 
 

@@ -1,8 +1,6 @@
 """Undo what a failed ADD made, newest first."""
 
-import logging
-
-LOG = logging.getLogger("podplumb")
+from cni import log
 
 
 class Rollback:
@@ -22,5 +20,5 @@ class Rollback:
             try:
                 undo()
             except Exception as e:  # keep undoing: the original error is what the caller reports
-                LOG.error("rollback of %s failed: %s", description, e)
+                log.logger().error("rollback of %s failed: %s", description, e)
         return False

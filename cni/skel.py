@@ -5,17 +5,13 @@ It never prints: the launcher and the node daemon decide where the bytes go.
 
 import importlib
 import json
-import logging
 import os
-import traceback
 from collections.abc import Callable, Mapping
 
 from cni import fields, limits, log, netconf, records, version as versions
 from cni.errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
                         INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, INVALID_CONFIG)
 from cni.result import to_version
-
-LOG = logging.getLogger("podplumb")
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
@@ -101,20 +97,26 @@ def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[bytes, in
             return versions.version_reply(stdin, plugin.versions), 0
         request = parse_request(env, stdin, plugin.config_fields)
         reply_version = request.version
-        LOG.info("%s %s container=%s netns=%s ifname=%s", plugin.name, command,
-                 request.container_id, request.netns, request.ifname)
+        if not log.quiet():
+            log.logger().info("%s %s container=%s netns=%s ifname=%s", plugin.name, command,
+                              request.container_id, request.netns, request.ifname)
         return _serve(plugin, request), 0
     except CNIError as e:
-        LOG.error("%s %s failed: code %d: %s", plugin.name, command or "?", e.code, e)
+        log.logger().error("%s %s failed: code %d: %s", plugin.name, command or "?", e.code, e)
         return _dump(e.to_dict(reply_version)), 1
     except OSError as e:  # a file or path the config names that the system refuses (ENAMETOOLONG, EACCES…)
-        LOG.error("%s %s failed:\n%s", plugin.name, command or "?", traceback.format_exc())
+        log.logger().error("%s %s failed:\n%s", plugin.name, command or "?", _traceback())
         err = CNIError(IO_FAILURE, f"{plugin.name}: {e.strerror or 'I/O error'}", str(e))
         return _dump(err.to_dict(reply_version)), 1
     except Exception as e:  # a bug: report it as the spec's error object, trace on stderr only
-        LOG.error("%s %s crashed:\n%s", plugin.name, command or "?", traceback.format_exc())
+        log.logger().error("%s %s crashed:\n%s", plugin.name, command or "?", _traceback())
         err = CNIError(INTERNAL, f"internal error in {plugin.name}", f"{type(e).__name__}: {e}")
         return _dump(err.to_dict(reply_version)), 1
+
+
+def _traceback() -> str:
+    import traceback    # a failure's only: logging, which the failure is logged with, imports it anyway
+    return traceback.format_exc()
 
 
 def _serve(plugin: Plugin, request: Request) -> bytes:
