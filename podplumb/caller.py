@@ -45,7 +45,8 @@ def open_by_pid(pid: int) -> list[int]:
 
 
 def enter(net_fd: int, mnt_fd: int, root_fd: int, own_root_fd: int):
-    """Move this (single-threaded, short-lived) process into the caller's namespaces and root.
+    """Move this single-threaded call process into the caller's namespaces and root (from wherever
+    its previous call left it).
 
     Modules not imported yet are then still found, through `own_root_fd` (the daemon's own root):
     the caller's file system need not hold podplumb."""
@@ -64,7 +65,10 @@ def enter(net_fd: int, mnt_fd: int, root_fd: int, own_root_fd: int):
 
 
 def _same(fd: int, path: str) -> bool:
-    mine, theirs = os.stat(path), os.fstat(fd)
+    try:
+        mine, theirs = os.stat(path), os.fstat(fd)
+    except OSError:           # the previous caller's root has no /proc
+        return False
     return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
@@ -79,7 +83,7 @@ def _import_through(own_root: str):
     (when the caller's root has /proc). A finder that rewrites the search path of each such import,
     rather than a rewrite of every imported package's path up front: that touches every module
     object, and in a forked process each touched page is a copy (about 6 ms a call)."""
-    if os.path.isdir(own_root):
+    if os.path.isdir(own_root) and not any(isinstance(finder, _ThroughRoot) for finder in sys.meta_path):
         sys.meta_path.insert(0, _ThroughRoot(own_root))
 
 

@@ -1,14 +1,18 @@
-"""The node daemon's call workers: every CNI call runs in a short-lived process of its own.
+"""The node daemon's call workers: every CNI call runs in a call process, never in the daemon.
 
 At start the daemon forks one worker host, before it starts any thread. The host imports every
-plugin and pyroute2 once, stays single-threaded, and keeps a few call processes forked ahead. The
-daemon passes each connection (SCM_RIGHTS over a SOCK_SEQPACKET pair) to whichever call process
-waits; that process
+plugin once, stays single-threaded, and keeps a few call processes forked ahead. The daemon passes
+each connection (SCM_RIGHTS over a SOCK_SEQPACKET pair) to whichever call process waits; that process
 - reads the request and the caller's namespaces that ride on it (podplumb.client),
-- enters the caller's network and mount namespaces and root (podplumb.caller): never a long-lived process,
+- enters the caller's network and mount namespaces and root (podplumb.caller),
 - takes the attachment's lock (network, container ID, ifname): one operation at a time per attachment,
-- runs the plugin exactly as the standalone executable would, answers, and exits.
-Calls run in parallel on every CPU, and nothing a call does outlives it in the daemon.
+- runs the plugin exactly as the standalone executable would, and answers.
+Then it waits for the next call, and serves it too if it comes from the same namespaces (a node's
+runtime makes all its calls from one place): a fork per call, and the pages a call copies from the
+host, cost more than a small call itself. A call from other namespaces goes back to the host, which
+forks a fresh process for it, and the process that stayed in the old namespaces exits. A call
+process never leaves the namespaces it entered; it exits after an interrupted call, after
+MAX_CALLS calls, or when it has waited IDLE_TIMEOUT for one. Calls run in parallel on every CPU.
 
 A call is bounded in time (under the caller's own timeout, leaving room for a rollback). An ADD
 whose caller went away, ran out of time, or whose daemon died is interrupted, rolled back (its undo
@@ -24,10 +28,12 @@ import hashlib
 import io
 import json
 import logging
+import mmap
 import os
 import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -41,7 +47,10 @@ LOG = logging.getLogger("podplumb.daemon")
 
 READ_TIMEOUT = 10.0        # a greeted client sends its request at once
 WRITE_TIMEOUT = 10.0
-SPARES = 4                 # call processes forked ahead of the calls
+SPARES = 2                 # call processes waiting for a call, at least
+MOST_WAITING = 3           # a call process that ends a call while this many wait exits (a burst is over)
+MAX_CALLS = 200            # calls served by one call process
+IDLE_TIMEOUT = 30.0        # a call process that waited this long for a call exits
 UNDO_TIMEOUT = 30.0        # the DEL that rolls back an abandoned ADD; then the call process is killed
 NAMES = {module: name for name, module in PLUGINS.items()}
 _PR_SET_PDEATHSIG = 1
@@ -129,9 +138,9 @@ def _received_fds(ancdata) -> list[int]:
 
 
 class _Host:
-    """The worker host: warm, single-threaded. It keeps SPARES call processes forked ahead, each
-    waiting on the channel for one connection; when one takes a call it says so on a pipe and the
-    host forks a replacement, so no call waits for a fork."""
+    """The worker host: warm, single-threaded. It keeps at least SPARES call processes waiting on the
+    channel; each says on a pipe when it takes a call and when it is free again, and the host forks
+    another when too few wait, so no call waits for a fork."""
 
     def __init__(self, channel: socket.socket, parent: int, drain_timeout: float):
         self.channel = channel
@@ -152,11 +161,12 @@ class _Host:
         self.own_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.took_r, self.took_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.took_r, False)
+        self.waiting = mmap.mmap(-1, 8)      # how many call processes wait, shared with them (the host writes it)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for _ in range(SPARES):
-            self._fork_spare()
+            self._fork_call_process()
         poller = select.poll()
         poller.register(self.channel, select.POLLRDHUP)    # the daemon closed it: stop (calls are the spares')
         poller.register(self.took_r, select.POLLIN)
@@ -173,19 +183,20 @@ class _Host:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
             self._reap()
+            struct.pack_into("=Q", self.waiting, 0, len(self.spares))
         return 1 if self.calls else 0
 
-    def _fork_spare(self):
+    def _fork_call_process(self):
         host = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                gc.disable()             # a call lives for milliseconds; collecting only costs copied pages
+                gc.disable()             # collected between calls only: a collection copies the pages it scans
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _die_with_parent(signal.SIGUSR2, host)
-                code = self._serve_one()
+                code = _CallProcess(self).serve()
             except BaseException:
                 LOG.exception("call process failed")
             finally:
@@ -193,32 +204,26 @@ class _Host:
                 os._exit(code)
         self.spares.add(pid)
 
-    def _serve_one(self) -> int:
-        """In a spare: wait for one connection, say we took it, serve it."""
-        message, ancdata, _, _ = self.channel.recvmsg(64, socket.CMSG_SPACE(4))
-        fds = _received_fds(ancdata)
-        if not message:             # the daemon is stopping
-            return 0
-        number = int(message.split()[1])
-        os.write(self.took_w, b"%d %d\n" % (os.getpid(), number))
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            return 1
-        Call(socket.socket(fileno=fds[0]), number, self.plugins, self.locks, self.own_root, self.channel).run()
-        return 0
-
     def _read_took(self):
         data = b""
         with contextlib.suppress(BlockingIOError):
             while chunk := os.read(self.took_r, 65536):
                 data += chunk
         for line in data.splitlines():
-            pid, number = map(int, line.split())
-            self.spares.discard(pid)
-            self.calls[pid] = number
-            if not self.stopping:
-                self._fork_spare()
+            kind, pid, number = line.split()
+            pid, number = int(pid), int(number)
+            if kind == b"took":
+                self.spares.discard(pid)
+                self.calls[pid] = number
+                if not self.stopping and len(self.spares) < SPARES:
+                    self._fork_call_process()
+            elif self.calls.pop(pid, None) is not None:      # free: it ended a call and waits again
+                self.spares.add(pid)
+                self._done(number)
+
+    def _done(self, number: int):
+        with contextlib.suppress(OSError):
+            self.channel.send(b"done %d" % number)
 
     def _reap(self):
         self._read_took()
@@ -229,18 +234,69 @@ class _Host:
                 return
             if not pid:
                 return
-            if pid not in self.calls:
-                self._read_took()     # a call process says it took a call before it can have ended
-            if pid in self.spares:      # a spare that ended without a call (stopping, or killed)
+            self._read_took()      # what it said before it ended
+            if pid in self.spares:      # a waiting call process that ended (idle, its last call served, killed)
                 self.spares.discard(pid)
-                if not self.stopping:
-                    LOG.warning("a waiting call process ended (%s); replacing it", _exit_reason(status))
-                    self._fork_spare()
+                if os.waitstatus_to_exitcode(status) != 0:
+                    LOG.warning("a waiting call process ended (%s)", _exit_reason(status))
+                if not self.stopping and len(self.spares) < SPARES:
+                    self._fork_call_process()
                 continue
             number = self.calls.pop(pid, None)
             if number is not None:
-                with contextlib.suppress(OSError):
-                    self.channel.send(b"done %d" % number)
+                self._done(number)
+
+
+class _CallProcess:
+    """One call process's life: calls, one after another."""
+
+    def __init__(self, host: _Host):
+        self.host = host
+        self.entered = None     # identity of the caller namespaces and root this process is in
+
+    def serve(self) -> int:
+        for served in range(MAX_CALLS):
+            call = self._next_call(idle=served > 0)
+            if call is None:
+                return 0
+            number, conn = call
+            os.write(self.host.took_w, b"took %d %d\n" % (os.getpid(), number))
+            self.entered = Call(conn, number, self.host.plugins, self.host.locks, self.host.own_root,
+                                self.host.channel, self.entered).run()
+            if self.entered is None or struct.unpack_from("=Q", self.host.waiting)[0] >= MOST_WAITING:
+                return 0
+            gc.collect()
+            os.write(self.host.took_w, b"free %d %d\n" % (os.getpid(), number))
+        return 0
+
+    def _next_call(self, idle: bool) -> tuple | None:
+        """(number, connection) of the next call on the channel; None when the daemon stops or, for
+        a process that served calls already, when none came for IDLE_TIMEOUT. The channel's file is
+        shared with every waiting process: never made non-blocking, polled and read with DONTWAIT."""
+        channel = self.host.channel
+        deadline = time.monotonic() + IDLE_TIMEOUT if idle else None
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([channel], [], [], left)[0]:
+                    return None
+            try:
+                flags = socket.MSG_DONTWAIT if deadline is not None else 0
+                message, ancdata, _, _ = channel.recvmsg(64, socket.CMSG_SPACE(4), flags)
+            except BlockingIOError:
+                continue                  # another process took it
+            fds = _received_fds(ancdata)
+            if not message:               # the daemon is stopping
+                return None
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            return int(message.split()[1]), socket.socket(fileno=fds[0])
+
+
+def identity(fds) -> tuple:
+    return tuple((st.st_dev, st.st_ino) for st in map(os.fstat, fds))
 
 
 def _exit_reason(status: int) -> str:
@@ -273,49 +329,61 @@ class RequestTooLarge(Exception):
 
 
 class Call:
-    """One CNI call, in its own process."""
+    """One CNI call, in a call process. `entered`: the identity of the caller namespaces and root the
+    process is in (those of its previous call), None for a process still where the host is."""
 
     def __init__(self, conn: socket.socket, number: int, plugins: dict, locks: int, own_root: int,
-                 channel: socket.socket | None = None):
+                 channel: socket.socket | None = None, entered: tuple | None = None):
         self.channel = channel       # to the daemon's main process: this call's outcome, for metrics
         self.conn = conn
         self.number = number
         self.plugins = plugins
         self.locks = locks
         self.own_root = own_root
+        self.entered = entered
 
-    def run(self):
+    def run(self) -> tuple | None:
+        """Serve the call. Returns the identity of the namespaces and root the process is in when it
+        may serve another call, None when it must not (an interrupted call, namespaces half entered)."""
+        with self.conn:
+            return self._run()
+
+    def _run(self) -> tuple | None:
         try:
             fields, fds = receive_request(self.conn, time.monotonic() + READ_TIMEOUT)
         except RequestTooLarge as e:
             self._reply(*client.error_reply(b"", DECODE_FAILURE, "the request to the node daemon is too large", str(e)))
-            return
+            return self.entered
         except (OSError, client.FrameError) as e:
             LOG.info("call %d: no request (%s): the caller went away", self.number, e)
-            return
+            return self.entered
         try:
             module, env, stdin = parse_request(fields)
         except ValueError as e:
             LOG.warning("call %d: bad request: %s", self.number, e)
-            return
+            return self.entered
         try:
             if len(fds) != len(client.CALLER_NAMESPACES):
                 for fd in fds:
                     os.close(fd)
                 fds = []
                 fds = caller.open_by_pid(caller.peer_pid(self.conn))
-            caller.enter(*fds, self.own_root)
+            here = identity(fds)
+            if here != self.entered:
+                self.entered = None         # until entered: a failure half-way leaves the process unusable
+                caller.enter(*fds, self.own_root)
         except caller.CallerUnreachable as e:
             LOG.warning("call %d: %s", self.number, e)
             self._reply(*client.error_reply(stdin, INVALID_ENVIRONMENT, "the node daemon cannot work where its "
                                             "caller is", str(e)))
-            return
+            return None
         finally:
             for fd in fds:
                 os.close(fd)
-        self._serve(module, env, stdin)
+        return here if self._serve(module, env, stdin) else None
 
-    def _serve(self, module: str, env: dict, stdin: bytes):
+    def _serve(self, module: str, env: dict, stdin: bytes) -> bool:
+        """Whether the call ran to its end (not interrupted)."""
         command = env.get("CNI_COMMAND", "")
         budget = call_budget(client.request_timeout(env))
         started = time.monotonic()
@@ -329,7 +397,7 @@ class Call:
                 except Abandoned as e:
                     guard.disarm()
                     self._abandoned(module, env, stdin, str(e), started)
-                    return
+                    return False
                 guard.disarm()
                 self._log(module, env, code, started)
                 self._report_outcome(module, command, _cni_code(stdout, code), started)
@@ -337,10 +405,12 @@ class Call:
                 if command == "ADD" and code == 0 and not answered:
                     LOG.info("call %d: the caller left before the ADD's answer: rolling it back", self.number)
                     self._undo(module, env, stdin)
+            return True
         except Abandoned as e:       # while waiting for the attachment's lock: nothing was done
             LOG.info("call %d: %s %s abandoned before it started: %s", self.number, _name(module), command, e)
             self._reply(*_try_again(stdin, f"the call was abandoned before it started: {e}"))
             self._report_outcome(module, command, TRY_AGAIN_LATER, started)
+            return False
 
     def _abandoned(self, module: str, env: dict, stdin: bytes, reason: str, started: float):
         command = env.get("CNI_COMMAND", "")
@@ -374,9 +444,9 @@ class Call:
                         stdout.decode(errors="replace").strip())
 
     def _log(self, module: str, env: dict, code: int, started: float):
-        LOG.info("call %d: %s %s container=%s ifname=%s -> exit %d in %.3fs", self.number, _name(module),
-                 env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"),
-                 code, time.monotonic() - started)
+        LOG.info("call %d: %s %s container=%s ifname=%s -> exit %d in %.3fs (process %d)", self.number,
+                 _name(module), env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", "-"),
+                 env.get("CNI_IFNAME", "-"), code, time.monotonic() - started, os.getpid())
 
     def _reply(self, stdout: bytes, code: int, stderr: bytes = b"") -> bool:
         """Answer the caller; whether it got the answer."""
@@ -445,6 +515,12 @@ class Guard:
 
     def __exit__(self, *exc):
         self.disarm()
+        with contextlib.suppress(OSError):
+            fd = self.conn.fileno()
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_ASYNC)
+        signal.signal(signal.SIGIO, signal.SIG_IGN)     # the caller hanging up now is no news
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)   # a call process waiting for its next call dies with the daemon
         return False
 
     def disarm(self):

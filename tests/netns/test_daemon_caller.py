@@ -3,6 +3,7 @@ attachment, bounded requests, and a stalled daemon costs its callers little."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -198,3 +199,29 @@ def test_a_running_daemon_slow_to_greet_is_waited_for(forwarding):
             assert not client.daemon_running(sock)
     finally:
         os.kill(daemon.proc.pid, signal.SIGCONT)
+
+
+def test_call_processes_serve_one_call_after_another_each_where_its_caller_is(forwarding, host_ns, netns, data_dir):
+    """Calls from two namespaces playing two hosts, alternating: the call processes serve several
+    calls each (the log names the process of every call), and each call's bridge and veth appear in
+    its own caller's namespace."""
+    daemon, bin_dir = forwarding
+    callers = [netns("ppcallera"), netns("ppcallerb")]
+    daemon_links = host_links(host_ns)
+    config = _plugin_config(bridge_conflist(data_dir, subnet6=None))
+    for round_ in range(4):
+        for i, caller_ns in enumerate(callers):
+            kw = {"container_id": f"ctr{round_}{i}", "ifname": "eth0", "netns": kernel.netns_path(netns("pod")),
+                  "host_ns": caller_ns}
+            added = exec_plugin(bin_dir, "bridge", "ADD", config, **kw)
+            assert added.code == 0, added.stdout + added.stderr
+            veth = added.json["interfaces"][1]["name"]
+            assert veth in host_links(caller_ns) and veth not in host_links(callers[1 - i])
+            deleted = exec_plugin(bin_dir, "bridge", "DEL", dict(config, prevResult=added.json), **kw)
+            assert deleted.code == 0, deleted.stdout
+            assert veth not in host_links(caller_ns)
+    assert host_links(host_ns) == daemon_links
+    assert leases(data_dir, config["name"]) == []
+    processes = re.findall(r": bridge (?:ADD|DEL) container=ctr\d+ .* \(process (\d+)\)", daemon.log(tail=None))
+    assert len(processes) == 16
+    assert len(set(processes)) < len(processes), "every call ran in a process of its own"
