@@ -31,7 +31,6 @@ import os
 import re
 import socket
 import struct
-import subprocess
 
 from cni import tools
 from cni.errors import CNIError, KERNEL_FAILURE
@@ -296,6 +295,7 @@ def run(text: str, json_output: bool = False, check_only: bool = False) -> tuple
     lib = _library()
     if lib is not None:
         return lib.run(text, json_output, check_only)
+    import subprocess      # only here: most calls never exec anything
     # `nft -j -f -` would read JSON: a listing (one command, no quoting) goes on the command line.
     args = ["-j", *text.split()] if json_output else (["-c"] if check_only else []) + ["-f", "-"]
     try:

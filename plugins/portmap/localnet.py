@@ -1,13 +1,11 @@
 """route_localnet: lets packets from 127.0.0.0/8, once DNAT'ed to a container, leave through the
 host interface that routes to it (and their replies come back). IPv4 only: IPv6 has no equivalent."""
 
-import json
 import logging
 import os
 import re
-import subprocess
 
-from cni import tools
+from cni import rtnl
 
 LOG = logging.getLogger("podplumb")
 
@@ -15,18 +13,26 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,15}$")
 
 
 def route_interface(address: str) -> str | None:
-    """The interface this (host) namespace routes `address` through, None if unknown."""
+    """The interface this (host) namespace routes `address` through, None if unknown: a route get
+    and a link get over rtnetlink."""
+    sock = rtnl.Socket()
     try:
-        proc = subprocess.run([tools.find("ip") or "ip", "-j", "route", "get", address], capture_output=True,
-                              text=True, timeout=10)
-        dev = json.loads(proc.stdout)[0].get("dev") if proc.returncode == 0 else None
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+        route = sock.get(rtnl.RTM_GETROUTE, rtnl.RTMSG.pack(rtnl.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0)
+                         + rtnl.ip(rtnl.RTA_DST, address))
+        oif = rtnl.as_u32(rtnl.parse(route[rtnl.RTMSG.size:]).get(rtnl.RTA_OIF))
+        link = sock.get(rtnl.RTM_GETLINK, rtnl.link_request(oif)) if oif else None
+        dev = rtnl.as_string(rtnl.parse(link[rtnl.IFINFOMSG.size:]).get(rtnl.IFLA_IFNAME)) if link else None
+    except rtnl.KernelError:
+        return None           # no route to it
+    except (OSError, ValueError, IndexError) as e:
         LOG.warning("portmap: cannot find the interface routing to %s: %s", address, e)
         return None
+    finally:
+        sock.close()
     if dev and not _SAFE_NAME.fullmatch(dev):
         LOG.warning("portmap: not enabling route_localnet on oddly named interface %r", dev)
         return None
-    return dev
+    return dev or None
 
 
 def _path(ifname: str) -> str:
