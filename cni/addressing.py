@@ -2,7 +2,7 @@
 
 import ipaddress
 
-from cni import result as results, sysctl
+from cni import result as results
 from cni.errors import CNIError, CHECK_FAILED
 from cni.netlink import Link, Namespace
 
@@ -14,8 +14,7 @@ def configure(ns: Namespace, index: int, ips: list, routes: list, dad: bool = Fa
     wait for DAD), then `routes` (see add_routes). `prefix_route` False: the addresses come without
     a route to their subnet (ptp routes the subnet through its gateway)."""
     if any(ipaddress.ip_interface(ip["address"]).version == 4 for ip in ips):
-        key = f"net/ipv4/conf/{ns.link(index=index).name}/arp_notify"
-        sysctl.write_in(ns.path, key, "1") if ns.path else sysctl.ensure(key, "1")
+        ns.set_ipv4_conf(index, "arp_notify", 1)
     for ip in ips:
         ns.add_address(index, ip["address"], nodad=not dad, prefix_route=prefix_route)
     ns.set_link(index, state="up")

@@ -37,6 +37,7 @@ NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
 IFLA_VXLAN_LOCAL6 = 17
 IFLA_BR_VLAN_FILTERING = 7
+IPV4_DEVCONF = {"arp_notify": 22}     # net.ipv4.conf.<link>.* settings by their index in the kernel's devconf
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 _NDMSG = struct.Struct("=BxxxiHBB")     # family, ifindex, state, flags, type
 
@@ -185,6 +186,15 @@ class Namespace:
             self.sock.request(rtnl.RTM_NEWLINK, rtnl.IFINFOMSG.pack(0, 0, index, flags, change) + attrs)
         except KernelError as e:
             raise kernel_error(f"cannot set {what or {'flags': flags}} on link {index}", e) from None
+
+    def set_ipv4_conf(self, index: int, key: str, value: int):
+        """net.ipv4.conf.<link>.<key>, set through netlink (IFLA_AF_SPEC): no trip through /proc/sys,
+        which for a pod's link means a thread entering the pod's namespace."""
+        conf = nested(rtnl.IFLA_AF_SPEC, nested(AF_INET, nested(rtnl.IFLA_INET_CONF, u32(IPV4_DEVCONF[key], value))))
+        try:
+            self.sock.request(rtnl.RTM_NEWLINK, rtnl.IFINFOMSG.pack(0, 0, index, 0, 0) + conf)
+        except KernelError as e:
+            raise kernel_error(f"cannot set {key} on link {index}", e) from None
 
     def set_bridge_port(self, index: int, hairpin: bool, isolated: bool):
         protinfo = rtnl.attr(rtnl.IFLA_PROTINFO | rtnl.NLA_F_NESTED,
