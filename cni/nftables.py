@@ -11,14 +11,18 @@ with the number of pods on the node. GC lists the whole table once. No plugin po
 except the masquerade helpers at the end, which the main plugins (bridge, vxlan through bridge)
 share for `ipMasq`.
 
-Commands go through libnftables in this process (ctypes, a context per command made in the current
-network namespace); when the library cannot be loaded, or PODPLUMB_NFT=exec, `nft` is exec'd. Each
-command still makes nft fetch the names of the chains of the namespace's tables (to resolve jumps):
-a cost that grows with the chains, but in-process and without a listing of rules.
+Commands go through libnftables in this process (ctypes); when the library cannot be loaded, or
+PODPLUMB_NFT=exec, `nft` is exec'd. What nft cannot say without fetching every chain of the
+namespace first (one chain's rules and handles, a chain's use count) is asked of the kernel directly
+over nf_tables netlink. The libnftables context and that netlink socket are held open for the
+process, one per network namespace (see `_held`): closing them after a transaction would wait for
+an RCU grace period, longer than the transaction. Each nft command still fetches the names of the
+namespace's chains (to resolve jumps): in-process, a small cost that grows with the chains.
 
 Standard library only: every plugin call is a new process.
 """
 
+import _thread
 import contextlib
 import ctypes
 import dataclasses
@@ -230,10 +234,34 @@ class Listing:
 
 # ---- running nft ------------------------------------------------------------------------------
 
+def _held(what: str, make, close):
+    """A netlink handle of this process in the current network namespace, kept open across calls.
+
+    Closing an nf_tables netlink socket after a transaction makes the kernel wait, under the
+    namespace's commit lock, until what the transaction replaced is freed (an RCU grace period:
+    8-16 ms on a busy node, longer than the transaction itself), and the next transaction in that
+    namespace waits for that lock. Held open, the socket pays that at most once, when the process
+    exits or moves to another namespace (a daemon's call process serves one caller after another:
+    the handle of the previous namespace is closed then)."""
+    ns = os.stat("/proc/thread-self/ns/net")
+    where = (os.getpid(), ns.st_dev, ns.st_ino)
+    found = _HELD.get(what)
+    if found and found[0] == where:
+        return found[1]
+    if found and found[0][0] == where[0]:
+        found[2](found[1])            # this process's handle in another namespace
+    handle = make()                   # a forked child never closes its parent's
+    _HELD[what] = (where, handle, close)
+    return handle
+
+
+_HELD: dict = {}
+_HELD_LOCK = _thread.allocate_lock()     # one command at a time on a held handle, whatever the thread
+
+
 class _Libnftables:
-    """libnftables called in this process (ctypes): no fork and exec of `nft` per command. A context
-    is made per command, so that its netlink socket lives in the current network namespace (a daemon's
-    call process is forked into its caller's)."""
+    """libnftables called in this process (ctypes): no fork and exec of `nft` per command. Its context
+    (and netlink socket) is made in the current network namespace and held open (see `_held`)."""
 
     _JSON = 1 << 4                         # NFT_CTX_OUTPUT_JSON
 
@@ -252,24 +280,25 @@ class _Libnftables:
             getattr(lib, name).restype = ctypes.c_char_p
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 
-    def run(self, text: str, json_output: bool, check_only: bool) -> tuple[int, str, str]:
-        lib = self.lib
-        ctx = lib.nft_ctx_new(0)
+    def _new_context(self):
+        ctx = self.lib.nft_ctx_new(0)
         if not ctx:
             raise NftError("libnftables could not make a context", "nft_ctx_new returned NULL")
-        try:
-            lib.nft_ctx_buffer_output(ctx)
-            lib.nft_ctx_buffer_error(ctx)
-            if json_output:
-                lib.nft_ctx_output_set_flags(ctx, lib.nft_ctx_output_get_flags(ctx) | self._JSON)
-            if check_only:
-                lib.nft_ctx_set_dry_run(ctx, True)
+        self.lib.nft_ctx_buffer_output(ctx)
+        self.lib.nft_ctx_buffer_error(ctx)
+        return ctx
+
+    def run(self, text: str, json_output: bool, check_only: bool) -> tuple[int, str, str]:
+        lib = self.lib
+        with _HELD_LOCK:
+            ctx = _held("libnftables", self._new_context, lib.nft_ctx_free)
+            flags = lib.nft_ctx_output_get_flags(ctx)
+            lib.nft_ctx_output_set_flags(ctx, flags | self._JSON if json_output else flags & ~self._JSON)
+            lib.nft_ctx_set_dry_run(ctx, check_only)
             code = lib.nft_run_cmd_from_buffer(ctx, text.encode())
             out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
             err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-            return (0 if code == 0 else 1), out, err
-        finally:
-            lib.nft_ctx_free(ctx)
+        return (0 if code == 0 else 1), out, err
 
 
 _LIBRARY = "libnftables.so.1"
@@ -336,29 +365,48 @@ def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
     return found
 
 
+def _nf_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER)
+    sock.settimeout(EXEC_TIMEOUT)
+    return sock
+
+
+_sequence = 0
+
+
 def _nf_request(kind: int, flags: int, family: str, table: str, attrs: bytes) -> list[dict[int, bytes]]:
     """Send one nf_tables request; the attributes of each message of the answer. ENOENT -> None."""
+    with _HELD_LOCK:
+        return _nf_exchange(kind, flags, family, table, attrs)
+
+
+def _nf_exchange(kind: int, flags: int, family: str, table: str, attrs: bytes) -> list[dict[int, bytes]]:
+    global _sequence
+    _sequence = (_sequence + 1) & 0x7fffffff
     payload = struct.pack("=BBH", _FAMILIES[family], 0, 0) + _attr(1, table.encode() + b"\0") + attrs
-    request = struct.pack("=IHHII", 16 + len(payload), kind, flags, 1, 0) + payload
+    request = struct.pack("=IHHII", 16 + len(payload), kind, flags, _sequence, 0) + payload
+    sock = _held("nfnetlink", _nf_socket, socket.socket.close)
+    sock.sendto(request, (0, 0))
     messages = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER) as sock:
-        sock.settimeout(EXEC_TIMEOUT)
-        sock.sendto(request, (0, 0))
-        while True:
-            data, offset = sock.recv(1 << 20), 0
-            while offset + 16 <= len(data):
-                length, msg_type, msg_flags = struct.unpack_from("=IHH", data, offset)
-                if msg_type == _ERROR:
-                    error = -struct.unpack_from("=i", data, offset + 16)[0]
-                    if error == errno.ENOENT:
-                        return None
-                    if error:
-                        raise NftError(f"nf_tables request on table {family} {table} failed", os.strerror(error))
-                    return messages
-                if msg_type == _DONE:
-                    return messages
-                messages.append(_attrs(data, offset + 20, offset + length))      # after nlmsghdr, nfgenmsg
-                offset += (length + 3) & ~3
+    while True:
+        data, offset = sock.recv(1 << 20), 0
+        while offset + 16 <= len(data):
+            length, msg_type, _, sequence = struct.unpack_from("=IHHI", data, offset)
+            if length < 16:
+                raise NftError(f"nf_tables request on table {family} {table} failed", "malformed answer")
+            at, offset = offset, offset + ((length + 3) & ~3)
+            if sequence != _sequence:
+                continue              # the rest of an earlier answer, abandoned
+            if msg_type == _ERROR:
+                error = -struct.unpack_from("=i", data, at + 16)[0]
+                if error == errno.ENOENT:
+                    return None
+                if error:
+                    raise NftError(f"nf_tables request on table {family} {table} failed", os.strerror(error))
+                return messages
+            if msg_type == _DONE:
+                return messages
+            messages.append(_attrs(data, at + 20, at + length))      # after nlmsghdr, nfgenmsg
             if not flags & _DUMP:
                 return messages
 

@@ -349,3 +349,24 @@ def test_chain_rules_reads_one_chain_from_the_kernel_as_nft_lists_it(scratch_ns)
                           table.chain_rules("none"), nft.Table("pp-none").chain_rules("big")]))
     """)
     assert out == [True, 300, f"{299:016x}", [], None, None]
+
+
+def test_held_handles_follow_the_namespace_the_process_moves_to(scratch_ns, netns):
+    """The libnftables context and the netlink socket stay open between commands (closing them
+    would wait for the kernel), one per namespace: a process that moves to another namespace (as a
+    daemon's call process does between callers) acts there, not where it first was."""
+    other = netns("ppnft2")
+    out = _in_netns(scratch_ns, f"""
+        import os
+        from cni import netlink
+        nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.5/24"])
+        here = nft.MASQ.read(nft.MASQ.chain_name("net1", "c1", "eth0")) is not None
+        fd = os.open("/run/netns/{other}", os.O_RDONLY)
+        netlink.enter(fd)
+        there_before = nft.MASQ.read(nft.MASQ.chain_name("net1", "c1", "eth0"))
+        nft.ensure_masquerade("net1", "c2", "eth0", ["10.1.0.6/24"])
+        print(json.dumps([here, there_before, nft.chain_use("inet", "podplumb-ipmasq", "postrouting")]))
+    """)
+    assert out == [True, None, 2]
+    assert "10.1.0.5" in _ruleset(scratch_ns) and "10.1.0.6" not in _ruleset(scratch_ns)
+    assert "10.1.0.6" in _ruleset(other) and "10.1.0.5" not in _ruleset(other)
