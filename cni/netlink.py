@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 
+import cni
 from cni import rtnl
 from cni.errors import CNIError, KERNEL_FAILURE, LINK_CONFLICT, UNKNOWN_CONTAINER
 from cni.rtnl import KernelError, nested, string, u8, u32
@@ -230,7 +231,7 @@ class Namespace:
     def delete_link(self, name: str) -> bool:
         """Delete link `name`; False when there is none. Returns once the link is gone from the
         namespace; see `teardown_in_background` for the kernel's part after that."""
-        if _background_teardowns is not None:
+        if _background_teardowns is not None or cni.EXITS_AFTER_ANSWER:
             return self._delete_link_in_background(name)
         try:
             self.sock.request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, 0, 0, 0) + string(rtnl.IFLA_IFNAME, name))
@@ -244,8 +245,11 @@ class Namespace:
         link = self.link(name)
         if link is None:
             return False
-        teardown = _Teardown(self.path, link.index)
-        _background_teardowns.append(teardown)
+        if _background_teardowns is not None:
+            teardown = _Teardown(self.path, link.index)
+            _background_teardowns.append(teardown)
+        else:
+            teardown = _DetachedTeardown(self.path, link.index)
         while self.link(index=link.index) is not None:
             if not teardown.is_alive():
                 break
@@ -489,9 +493,11 @@ class Namespace:
 
 
 # The kernel takes a deleted link out of its namespace within a millisecond, then waits for an RCU
-# grace period (10-20 ms) before it answers RTM_DELLINK. A process that outlives its answer (a call
-# process of the node daemon) can leave that wait to a thread: after `teardown_in_background()`,
-# delete_link returns as soon as the link is gone, and `finish_teardowns()` waits for the rest.
+# grace period (10-20 ms) before it answers RTM_DELLINK. delete_link need not wait with it: a process
+# that outlives its answer (a call process of the node daemon) leaves that wait to a thread (after
+# `teardown_in_background()`; `finish_teardowns()` waits for the rest), and a plugin executable,
+# which exits right after its answer (cni.EXITS_AFTER_ANSWER), to a forked child that outlives it.
+# Either way delete_link returns once the link is gone from the namespace.
 TEARDOWN_POLL = 0.0002
 _background_teardowns = None
 
@@ -538,6 +544,48 @@ class _Teardown(threading.Thread):
             raise self.error
         if getattr(self.error, "errno", None) not in (errno.ENODEV, errno.ENOENT):
             raise kernel_error(f"cannot delete link {name}", self.error)
+
+
+class _DetachedTeardown:
+    """RTM_DELLINK of one link from a forked child that holds nothing else of this process (every
+    other descriptor closed: no lock outlives the plugin in it) and exits with the errno (0: done)."""
+
+    def __init__(self, path: str | None, index: int):
+        self.pid = os.fork()
+        if self.pid == 0:
+            os._exit(_delete_alone(path, index))
+        self.status = None
+
+    def is_alive(self) -> bool:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status is None
+
+    def raise_error(self, name: str):
+        if not self.is_alive() and self.status not in (0, errno.ENODEV, errno.ENOENT):
+            raise kernel_error(f"cannot delete link {name}", OSError(self.status, os.strerror(self.status)))
+
+
+def _delete_alone(path: str | None, index: int) -> int:
+    try:
+        for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+            if fd > 2:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):            # the runtime waits for the plugin's stdout and stderr to close
+            os.dup2(devnull, fd)
+        if path:
+            with _opened_netns(path) as fd:
+                enter(fd, path)
+        rtnl.Socket().request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, index, 0, 0))
+        return 0
+    except OSError as e:
+        return e.errno or 1
+    except BaseException:
+        return 1
 
 
 @contextlib.contextmanager

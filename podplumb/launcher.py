@@ -9,6 +9,8 @@ import sys
 def run(module: str, daemon_socket: str | None = None, site_dir: str | None = None):
     """The executable's whole life: main, then an exit that skips the interpreter's teardown (tens
     of milliseconds spent freeing what the kernel frees at exit anyway)."""
+    import cni
+    cni.EXITS_AFTER_ANSWER = True
     code = main(module, daemon_socket, site_dir)
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()      # log files flushed and closed

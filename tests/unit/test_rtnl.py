@@ -95,3 +95,24 @@ def test_a_deletion_left_to_the_kernel_in_the_background_is_gone_when_delete_lin
         print(json.dumps([deleted, gone, again, reused]))
     """)
     assert got == [True, True, False, True]
+
+
+def test_a_plugin_executable_leaves_the_kernels_wait_to_a_child_that_holds_no_lock(netns, tmp_path):
+    ns, pod = netns("pprt"), netns("pprt")
+    kernel.sh("ip", "link", "add", "vd1", "type", "veth", "peer", "name", "eth0", "netns", pod, ns=ns)
+    lock = tmp_path / "lock"
+    got = _in_ns(ns, f"""
+        import cni, fcntl, os, time
+        cni.EXITS_AFTER_ANSWER = True
+        held = os.open("{lock}", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with netlink.Namespace("/var/run/netns/{pod}") as inside:      # the pod's end, from inside the pod
+            deleted = inside.delete_link("eth0")
+            gone = inside.link("eth0") is None
+        os.close(held)                    # the child must not hold the lock on after this
+        other = os.open("{lock}", os.O_RDWR)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print(json.dumps([deleted, gone]))
+    """)
+    assert got == [True, True]
+    assert "vd1" not in kernel.sh("ip", "-o", "link", ns=ns).stdout
