@@ -341,7 +341,7 @@ def run(text: str, json_output: bool = False, check_only: bool = False) -> tuple
 
 _FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7, "arp": 3, "netdev": 5}    # NFPROTO_*
 _NETLINK_NETFILTER = 12
-_GETCHAIN, _GETRULE = (10 << 8) | 4, (10 << 8) | 7       # NFNL_SUBSYS_NFTABLES, NFT_MSG_GET*
+_GETTABLE, _GETCHAIN, _GETRULE = (10 << 8) | 1, (10 << 8) | 4, (10 << 8) | 7   # NFNL_SUBSYS_NFTABLES, NFT_MSG_GET*
 _REQUEST, _DUMP = 0x1, 0x300
 _DONE, _ERROR = 3, 2
 _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_USE = 1, 3, 6
@@ -409,6 +409,10 @@ def _nf_exchange(kind: int, flags: int, family: str, table: str, attrs: bytes) -
             messages.append(_attrs(data, at + 20, at + length))      # after nlmsghdr, nfgenmsg
             if not flags & _DUMP:
                 return messages
+
+
+def table_exists(family: str, table: str) -> bool:
+    return _nf_request(_GETTABLE, _REQUEST, family, table, b"") is not None
 
 
 def chain_use(family: str, table: str, chain: str) -> int | None:
@@ -792,13 +796,17 @@ def attachments_read(chain: str, rules) -> Attached:
 def remove_legacy(table: Table, network: str, container_id: str, ifname: str) -> tuple["Listing | None", bool]:
     """Rules an earlier podplumb made in a table of the former layout (tagged rules in shared
     chains) go on DEL too, so that an upgraded node is left with nothing; the table goes with its
-    last tagged rule. Listing a table that is absent (the usual case) fetches nothing of the others.
+    last tagged rule. It is listed only when it exists (one nf_tables request says so).
     Returns (listing, table dropped)."""
-    return table.delete_tagged(tag(network, container_id, ifname))
+    if table_exists(table.family, table.name):
+        return table.delete_tagged(tag(network, container_id, ifname))
+    return None, False
 
 
 def gc_legacy(table: Table, network: str, valid: set) -> tuple["Listing | None", bool]:
-    return table.delete_network_except(network, valid)
+    if table_exists(table.family, table.name):
+        return table.delete_network_except(network, valid)
+    return None, False
 
 
 # ---- IP masquerade (the main plugins' ipMasq) -----------------------------------------------------

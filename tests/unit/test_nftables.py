@@ -331,8 +331,10 @@ def test_chain_use_counts_what_refers_to_a_chain(scratch_ns):
         """))
     assert _in_netns(scratch_ns, """
         print(json.dumps([nft.chain_use("inet", "pp-test", c) for c in ("target", "a", "b", "none")]
-                         + [nft.chain_use("inet", "pp-none", "a")]))
-    """) == [2, 2, 1, None, None]
+                         + [nft.chain_use("inet", "pp-none", "a")]
+                         + [nft.table_exists("inet", "pp-test"), nft.table_exists("ip", "pp-test"),
+                            nft.table_exists("inet", "pp-none")]))
+    """) == [2, 2, 1, None, None, True, False, False]
 
 
 def test_chain_rules_reads_one_chain_from_the_kernel_as_nft_lists_it(scratch_ns):
