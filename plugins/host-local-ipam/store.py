@@ -87,26 +87,36 @@ class Store:
         """The leases on disk. Under the lock, temporary files met on the way (left by a process
         killed mid-write: only the lock holder writes them) are removed, at no extra listing."""
         try:
-            names = os.listdir(self.path)
+            directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             return []
         except OSError as e:
             raise _io_error("list leases in", self.path, e) from None
         found = []
-        for name in names:
-            if name.endswith(TEMP_SUFFIX):
-                if self._locked:
-                    self._remove_temporary(name)
-                continue
-            try:
-                address = ipaddress.ip_address(name)
-            except ValueError:
-                continue   # lock, last_reserved_ip.N
-            try:
-                with open(os.path.join(self.path, name), "rb") as f:
-                    found.append(_parse_lease(address, f.read()))
-            except OSError:
-                continue   # vanished, or not a file
+        try:
+            for name in os.listdir(directory):
+                if name.endswith(TEMP_SUFFIX):
+                    if self._locked:
+                        self._remove_temporary(name)
+                    continue
+                try:
+                    address = ipaddress.ip_address(name)
+                except ValueError:
+                    continue   # lock, last_reserved_ip.N
+                try:       # os.open/os.read relative to the directory: half the time of open() per lease
+                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+                except OSError:
+                    continue   # vanished
+                try:
+                    found.append(_parse_lease(address, os.read(fd, 4096)))
+                except OSError:
+                    continue   # not a file
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise _io_error("list leases in", self.path, e) from None
+        finally:
+            os.close(directory)
         return found
 
     def lease(self, address: Address) -> Lease | None:
