@@ -48,7 +48,7 @@ LOG = logging.getLogger("podplumb.daemon")
 READ_TIMEOUT = 10.0        # a greeted client sends its request at once
 WRITE_TIMEOUT = 10.0
 SPARES = 2                 # call processes waiting for a call, at least
-MOST_WAITING = 3           # a call process that ends a call while this many wait exits (a burst is over)
+MOST_WAITING = 4           # a call process that ends a call while this many wait exits (a burst is over)
 MAX_CALLS = 200            # calls served by one call process
 IDLE_TIMEOUT = 30.0        # a call process that waited this long for a call exits
 UNDO_TIMEOUT = 30.0        # the DEL that rolls back an abandoned ADD; then the call process is killed
@@ -161,7 +161,7 @@ class _Host:
         self.own_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.took_r, self.took_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.took_r, False)
-        self.waiting = mmap.mmap(-1, 8)      # how many call processes wait, shared with them (the host writes it)
+        self.waiting = WaitingCount()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -183,7 +183,6 @@ class _Host:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
             self._reap()
-            struct.pack_into("=Q", self.waiting, 0, len(self.spares))
         return 1 if self.calls else 0
 
     def _fork_call_process(self):
@@ -203,6 +202,7 @@ class _Host:
                 logging.shutdown()
                 os._exit(code)
         self.spares.add(pid)
+        self.waiting.add(1)
 
     def _read_took(self):
         data = b""
@@ -215,7 +215,7 @@ class _Host:
             if kind == b"took":
                 self.spares.discard(pid)
                 self.calls[pid] = number
-                if not self.stopping and len(self.spares) < SPARES:
+                if not self.stopping and self.waiting.value() < SPARES:
                     self._fork_call_process()
             elif self.calls.pop(pid, None) is not None:      # free: it ended a call and waits again
                 self.spares.add(pid)
@@ -239,7 +239,9 @@ class _Host:
                 self.spares.discard(pid)
                 if os.waitstatus_to_exitcode(status) != 0:
                     LOG.warning("a waiting call process ended (%s)", _exit_reason(status))
-                if not self.stopping and len(self.spares) < SPARES:
+                    if os.waitstatus_to_exitcode(status) < 0:     # killed while it was counted as waiting
+                        self.waiting.add(-1)
+                if not self.stopping and self.waiting.value() < SPARES:
                     self._fork_call_process()
                 continue
             number = self.calls.pop(pid, None)
@@ -255,15 +257,18 @@ class _CallProcess:
         self.entered = None     # identity of the caller namespaces and root this process is in
 
     def serve(self) -> int:
+        """Calls until it should stop; the host counted this process as waiting when it forked it."""
+        waiting = self.host.waiting
         for served in range(MAX_CALLS):
             call = self._next_call(idle=served > 0)
+            waiting.add(-1)
             if call is None:
                 return 0
             number, conn = call
             os.write(self.host.took_w, b"took %d %d\n" % (os.getpid(), number))
             self.entered = Call(conn, number, self.host.plugins, self.host.locks, self.host.own_root,
                                 self.host.channel, self.entered).run()
-            if self.entered is None or struct.unpack_from("=Q", self.host.waiting)[0] >= MOST_WAITING:
+            if self.entered is None or served + 1 == MAX_CALLS or not waiting.add_unless(MOST_WAITING):
                 return 0
             gc.collect()
             os.write(self.host.took_w, b"free %d %d\n" % (os.getpid(), number))
@@ -293,6 +298,39 @@ class _CallProcess:
                     os.close(fd)
                 continue
             return int(message.split()[1]), socket.socket(fileno=fds[0])
+
+
+class WaitingCount:
+    """How many call processes wait for a call: a counter in memory shared by the worker host and its
+    call processes, which change it themselves (under a lock) as they start and stop waiting."""
+
+    def __init__(self):
+        self.fd = os.memfd_create("podplumb-waiting-calls")
+        os.ftruncate(self.fd, 8)
+        self.shared = mmap.mmap(self.fd, 8)
+
+    def value(self) -> int:
+        return struct.unpack_from("=q", self.shared)[0]
+
+    def add(self, delta: int):
+        with self._locked():
+            struct.pack_into("=q", self.shared, 0, self.value() + delta)
+
+    def add_unless(self, limit: int) -> bool:
+        """Count one more waiting process, unless `limit` wait already; whether it did."""
+        with self._locked():
+            if self.value() >= limit:
+                return False
+            struct.pack_into("=q", self.shared, 0, self.value() + 1)
+            return True
+
+    @contextlib.contextmanager
+    def _locked(self):
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
 
 def identity(fds) -> tuple:
