@@ -335,7 +335,7 @@ class Inside:
             if code:
                 raise PluginFailed(f"daemon DEL: {out.decode(errors='replace')}")
 
-        for i in range(20):      # settle allocator caches first
+        for i in range(100):     # settle allocator caches and the pool of call processes first
             cycle(f"w{i}")
         before = self._daemon_memory_mib()
         for i in range(self.args.growth_cycles):
