@@ -36,6 +36,7 @@ import re
 import socket
 import struct
 
+import cni
 from cni import tools
 from cni.errors import CNIError, KERNEL_FAILURE
 
@@ -251,8 +252,28 @@ def _held(what: str, make, close):
     if found and found[0][0] == where[0]:
         found[2](found[1])            # this process's handle in another namespace
     handle = make()                   # a forked child never closes its parent's
+    if not _HELD and cni.EXITS_AFTER_ANSWER:
+        cni.BEFORE_EXIT.append(_close_held_in_a_child)
     _HELD[what] = (where, handle, close)
     return handle
+
+
+def _close_held_in_a_child():
+    """A plugin executable's held sockets are closed by a forked child that keeps nothing else open
+    (stdio on /dev/null: the runtime waits for the plugin's stdout to close), so that the kernel's
+    wait on close outlives the plugin instead of delaying its exit."""
+    if os.fork() != 0:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+            with contextlib.suppress(OSError):
+                if fd > 2 and not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                    os.close(fd)
+    finally:
+        os._exit(0)
 
 
 _HELD: dict = {}

@@ -16,6 +16,8 @@ def run(module: str, daemon_socket: str | None = None, site_dir: str | None = No
         sys.modules["logging"].shutdown()      # log files flushed and closed
     sys.stdout.flush()
     sys.stderr.flush()
+    for hook in cni.BEFORE_EXIT:
+        hook()
     os._exit(code)
 
 

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -372,3 +373,23 @@ def test_held_handles_follow_the_namespace_the_process_moves_to(scratch_ns, netn
     assert out == [True, None, 2]
     assert "10.1.0.5" in _ruleset(scratch_ns) and "10.1.0.6" not in _ruleset(scratch_ns)
     assert "10.1.0.6" in _ruleset(other) and "10.1.0.5" not in _ruleset(other)
+
+
+def test_an_executable_leaves_its_sockets_to_a_child_that_exits_after_them(scratch_ns):
+    """A plugin executable (cni.EXITS_AFTER_ANSWER) hands its held nf_tables sockets to a forked
+    child before it exits; the child closes them and exits too, leaving nothing behind."""
+    _in_netns(scratch_ns, """
+        import os, cni
+        cni.EXITS_AFTER_ANSWER = True
+        nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.5/24"])
+        nft.remove_masquerade("net1", "c2", "eth0")
+        assert cni.BEFORE_EXIT == [nft._close_held_in_a_child]
+        for hook in cni.BEFORE_EXIT:
+            hook()
+        os._exit(0)
+    """)
+    assert "10.1.0.5" in _ruleset(scratch_ns)
+    deadline = time.monotonic() + 5
+    while kernel.sh("ip", "netns", "pids", scratch_ns).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert kernel.sh("ip", "netns", "pids", scratch_ns).stdout.strip() == ""
