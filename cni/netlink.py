@@ -9,7 +9,6 @@ imported and opened only when one of them asks for it.
 
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import functools
 import ipaddress
@@ -44,31 +43,49 @@ _NDMSG = struct.Struct("=BxxxiHBB")     # family, ifindex, state, flags, type
 
 
 
-@dataclasses.dataclass(frozen=True)
 class Link:
-    index: int
-    name: str
-    kind: str
-    mac: str
-    mtu: int
-    master: int       # ifindex of the bridge this link is enslaved to, 0 if none
-    peer: int         # for a veth: the peer's ifindex (in the peer's namespace)
-    up: bool
-    hairpin: bool
-    isolated: bool
-    flags: int = 0    # IFF_*
-    txqlen: int = 0
-    alias: str = ""
-    info: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # IFLA_INFO_DATA
+    """A link as the kernel reports it. Plain classes here, not dataclasses: every standalone plugin
+    call imports this module, and `dataclasses` costs it more than its netlink work (see cni.skel.Request)."""
+    __slots__ = ("index", "name", "kind", "mac", "mtu", "master", "peer", "up", "hairpin", "isolated", "flags",
+                 "txqlen", "alias", "info")
+
+    def __init__(self, index: int, name: str, kind: str, mac: str, mtu: int,
+                 master: int,       # ifindex of the bridge this link is enslaved to, 0 if none
+                 peer: int,         # for a veth: the peer's ifindex (in the peer's namespace)
+                 up: bool, hairpin: bool, isolated: bool,
+                 flags: int = 0,    # IFF_*
+                 txqlen: int = 0, alias: str = "",
+                 info: dict | None = None):   # IFLA_INFO_DATA
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.mac = mac
+        self.mtu = mtu
+        self.master = master
+        self.peer = peer
+        self.up = up
+        self.hairpin = hairpin
+        self.isolated = isolated
+        self.flags = flags
+        self.txqlen = txqlen
+        self.alias = alias
+        self.info = {} if info is None else info
+
+    def __repr__(self):
+        return f"Link({self.index}, {self.name!r}, kind={self.kind!r}, mac={self.mac!r}, up={self.up})"
 
 
-@dataclasses.dataclass(frozen=True)
 class Vxlan:
-    vni: int
-    port: int
-    local: str | None
-    underlay: int     # ifindex of the link carrying the tunnel, 0 if none
-    learning: bool
+    __slots__ = ("vni", "port", "local", "underlay", "learning")
+
+    def __init__(self, vni: int, port: int, local: str | None,
+                 underlay: int,     # ifindex of the link carrying the tunnel, 0 if none
+                 learning: bool):
+        self.vni = vni
+        self.port = port
+        self.local = local
+        self.underlay = underlay
+        self.learning = learning
 
 
 def kernel_error(what: str, error: Exception) -> CNIError:

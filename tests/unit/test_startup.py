@@ -55,19 +55,6 @@ def test_bridge_status_needs_no_pyroute2(tmp_path):
     assert _modules_after(code)["pyroute2"] is False
 
 
-def test_a_bridge_call_defines_no_dataclass_but_netlinks():
-    """Every dataclass costs a standalone call the exec of its generated methods, and `dataclasses` itself
-    imports inspect, ast and tokenize: the modules of a bridge ADD use plain classes. (cni.netlink's
-    Link and Vxlan are the last ones; with them gone, `dataclasses` is not imported at all.)"""
-    code = ("import sys\nimport plugins.bridge.plugin, plugins.host_local.plugin\n"
-            "found = sorted({c.__module__ for m in list(sys.modules.values()) for c in vars(m).values()\n"
-            "                if isinstance(c, type) and hasattr(c, '__dataclass_fields__')\n"
-            "                and c.__module__.split('.')[0] in ('cni', 'plugins', 'podplumb')})\n"
-            "print(','.join(found))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stdout.split() == ["cni.netlink"]
-
-
 def _imported_by_a_call(bin_dir, command: str, host: str, pod: str, config: dict) -> set:
     """The modules a standalone call of the installed bridge executable imports, run in `host` under
     `python -X importtime` with the executable's own interpreter and flags."""
@@ -82,8 +69,9 @@ def _imported_by_a_call(bin_dir, command: str, host: str, pod: str, config: dict
 
 
 def test_a_bridge_add_and_del_import_nothing_they_do_not_need(tmp_path, netns):
-    """What a standalone call pays for at every pod event: none of logging (unless something is
-    logged), traceback (failures only), subprocess (foreign plugins only), hashlib, nftables (rules only)."""
+    """What a standalone call pays for at every pod event: none of dataclasses (with inspect, ast and
+    tokenize), importlib, logging (unless something is logged), traceback (failures only), subprocess
+    (foreign plugins only), hashlib, nftables (rules only)."""
     bin_dir = tmp_path / "bin"
     install(str(bin_dir))
     host, pod = netns("pphost"), netns("pppod")
@@ -92,7 +80,8 @@ def test_a_bridge_add_and_del_import_nothing_they_do_not_need(tmp_path, netns):
     for command in ("ADD", "DEL"):
         imported = _imported_by_a_call(bin_dir, command, host, pod, config)
         assert "plugins.host_local.allocator" in imported or command == "DEL"
-        unneeded = {"logging", "traceback", "subprocess", "hashlib", "cni.nftables", "pyroute2"} & imported
+        unneeded = {"dataclasses", "importlib", "logging", "traceback", "subprocess", "hashlib", "cni.nftables",
+                    "pyroute2"} & imported
         assert not unneeded, f"{command} imports {unneeded}"
 
 
