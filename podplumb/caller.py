@@ -8,14 +8,17 @@ the last process of its namespace) does not take the mounts the call still needs
 """
 
 import ctypes
+import errno
 import importlib.machinery
 import os
 import socket
 import struct
 import sys
+import time
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
+SINGLE_THREAD_WAIT = 0.5
 NAMESPACES = ("net", "mnt")       # then the root: the order of podplumb.client.CALLER_NAMESPACES
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -73,9 +76,14 @@ def _same(fd: int, path: str) -> bool:
 
 
 def _setns(fd: int, kind: int, what: str):
-    if _libc.setns(fd, kind) != 0:
+    """setns(2). A mount namespace is entered only by a single-threaded process (EINVAL otherwise):
+    a thread of the previous call, joined already, may still be on its way out for a moment."""
+    deadline = time.monotonic() + SINGLE_THREAD_WAIT
+    while _libc.setns(fd, kind) != 0:
         error = ctypes.get_errno()
-        raise CallerUnreachable(f"setns into the caller's {what} namespace: {os.strerror(error)}")
+        if error != errno.EINVAL or kind != CLONE_NEWNS or time.monotonic() > deadline:
+            raise CallerUnreachable(f"setns into the caller's {what} namespace: {os.strerror(error)}")
+        time.sleep(0.0005)
 
 
 def _import_through(own_root: str):
