@@ -108,7 +108,7 @@ class Store:
                 except OSError:
                     continue   # vanished
                 try:
-                    found.append(_parse_lease(address, os.read(fd, 4096)))
+                    found.append(_parse_lease(address, _read_all(fd)))
                 except OSError:
                     continue   # not a file
                 finally:
@@ -212,3 +212,11 @@ class Store:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    """The whole file: a lease holds a container ID, which may be long (one read is a lease's usual)."""
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    return data

@@ -484,3 +484,14 @@ def test_delete_with_prev_result_releases_the_reported_leases_or_falls_back_to_a
     assert leases(data_dir) == {"10.1.0.3": b"c2\r\neth0", "fd00::3": b"c2\r\neth0"}
     delete(dict(conf, prevResult=wrong), "c2", "eth0")               # one range set unreported: listed
     assert leases(data_dir) == {}
+
+
+def test_a_lease_of_a_long_container_id_is_found_again_and_released(data_dir, netns_path):
+    """A lease file holds the whole container ID: one longer than a read's usual size is still found
+    (a repeated ADD gets the same address) and released."""
+    conf = network(data_dir)
+    long_id = "c" * 5000
+    first = add(conf, netns_path, container_id=long_id)
+    assert add(conf, netns_path, container_id=long_id)["ips"] == first["ips"]
+    delete(conf, container_id=long_id)
+    assert leases(data_dir) == {}
