@@ -10,7 +10,6 @@ import subprocess
 import time
 import uuid
 
-import grpc
 import pytest
 
 from csi.v1 import csi_pb2 as pb

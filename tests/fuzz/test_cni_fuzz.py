@@ -11,7 +11,6 @@ import json
 import os
 import random
 
-import pytest
 
 from tests import kernel
 from tests.conftest import PluginHost

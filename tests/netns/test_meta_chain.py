@@ -1,7 +1,6 @@
 """bridge with every meta plugin after it, in both execution modes (executables, node daemon): what
 each one made is in place, CHECK passes, and DEL leaves nothing."""
 
-import json
 
 from podplumb.runtime import Network
 from tests import kernel

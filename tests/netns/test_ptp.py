@@ -1,7 +1,6 @@
 """ptp + host-local against the real kernel: routed veth pairs, dual-stack, masquerade, DEL without a
 netns, CHECK, rollback, bad input; and the same configs through the reference plugin."""
 
-import ipaddress
 import json
 
 import pytest

@@ -5,7 +5,6 @@ published port answered, everything gone after removal; with and without the nod
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -82,7 +81,6 @@ def test_container_with_a_published_port_and_clean_removal(podman, host_ns, data
         conflist = common.conflist(network, data_dir, kernel.unique("ppbr", 12))
         podman.add_network(conflist)
         rootfs = common.busybox_rootfs(os.path.join(podman.work, "rootfs"))
-        rules_before = common.ruleset(host_ns)
         name = kernel.unique("pp-", 12)
         podman("run", "-d", "--name", name, "--network", network, "-p",
                f"127.0.0.1:{common.HOST_PORT}:{common.POD_PORT}", "--rootfs", rootfs,
