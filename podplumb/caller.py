@@ -1,8 +1,8 @@
 """Working where a daemon's caller is: its network namespace and its view of the file system.
 
-A call's worker process (podplumb.worker) enters the caller's network and mount namespaces with
-setns(2) and its root directory with chroot(2), from file descriptors the caller passed (or opened
-through /proc/<pid>/ when it passed none). Only a short-lived worker ever does this, never the daemon.
+A call process (podplumb.worker) enters the caller's network and mount namespaces with setns(2) and
+its root directory with chroot(2), from file descriptors the caller passed (or opened through
+/proc/<pid>/ when it passed none). Only a call process does this, never the daemon or the worker host.
 Being in the caller's mount namespace keeps it alive: a caller that exits mid-call (and with it maybe
 the last process of its namespace) does not take the mounts the call still needs (/proc, /run/netns).
 """

@@ -1,8 +1,8 @@
 """`podplumb daemon`: a warm process serving CNI calls on a unix socket (protocol: docs/daemon.md).
 
 This process accepts, checks the caller's uid, greets, and hands each connection to the worker host
-(podplumb.worker), which runs every call in a short-lived process of its own, in the caller's
-network namespace and root. In-daemon services (the overlay registry) run here, in this process.
+(podplumb.worker), which runs every call in one of its call processes, in the caller's network and
+mount namespaces and root. In-daemon services (the overlay registry) run here, in this process.
 Only the modules of `podplumb.install.PLUGINS` are ever run, whatever a request names.
 SIGTERM/SIGINT: stop accepting, let in-flight calls finish (bounded), remove the socket.
 With systemd socket activation (LISTEN_PID/LISTEN_FDS) the listening socket is fd 3.

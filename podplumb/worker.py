@@ -7,12 +7,13 @@ each connection (SCM_RIGHTS over a SOCK_SEQPACKET pair) to whichever call proces
 - enters the caller's network and mount namespaces and root (podplumb.caller),
 - takes the attachment's lock (network, container ID, ifname): one operation at a time per attachment,
 - runs the plugin exactly as the standalone executable would, and answers.
-Then it waits for the next call, and serves it too if it comes from the same namespaces (a node's
-runtime makes all its calls from one place): a fork per call, and the pages a call copies from the
-host, cost more than a small call itself. A call from other namespaces goes back to the host, which
-forks a fresh process for it, and the process that stayed in the old namespaces exits. A call
-process never leaves the namespaces it entered; it exits after an interrupted call, after
-MAX_CALLS calls, or when it has waited IDLE_TIMEOUT for one. Calls run in parallel on every CPU.
+Then it waits for the next call: a fork per call, and the pages a call copies from the host, cost
+more than a small call itself. Each call enters its own caller's namespaces and root (a step skipped
+when they are those of the previous call: a node's runtime makes its calls from one place), so
+nothing of where one call ran carries over to the next. A call process exits after an interrupted
+call, after MAX_CALLS calls, when it ends a call while MOST_WAITING others wait (a burst of calls is
+over), or when it has waited IDLE_TIMEOUT for one. Calls run in parallel on every CPU. The daemon
+and the worker host never switch namespaces.
 
 A call is bounded in time (under the caller's own timeout, leaving room for a rollback). An ADD
 whose caller went away, ran out of time, or whose daemon died is interrupted, rolled back (its undo
