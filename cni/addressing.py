@@ -23,6 +23,12 @@ def configure(ns: Namespace, index: int, ips: list, routes: list, dad: bool = Fa
     add_routes(ns, index, ips, routes)
 
 
+def host_prefix(address: str) -> str:
+    """An address (or the address of an interface, 10.0.0.5/24) alone, as a /32 or /128."""
+    ip = ipaddress.ip_interface(address).ip
+    return f"{ip}/{ip.max_prefixlen}"
+
+
 def add_routes(ns: Namespace, index: int, ips: list, routes: list):
     """`routes` on the link; a route without `gw` goes via its family's gateway in `ips`, if any."""
     gateways = {ipaddress.ip_interface(ip["address"]).version: ip.get("gateway") for ip in ips}
@@ -54,12 +60,17 @@ class Expected:
         self.routes = routes
 
 
-def expected(request) -> Expected:
-    """From prevResult: the interface named CNI_IFNAME in sandbox CNI_NETNS (CHECK_FAILED without one)."""
+def prev_result_for_check(request) -> dict:
+    """prevResult, which CHECK cannot do without, in the current shape."""
     prev = request.config.get("prevResult")
     if not prev:
         raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
-    prev = results.from_any(prev, request.version)
+    return results.from_any(prev, request.version)
+
+
+def expected(request) -> Expected:
+    """From prevResult: the interface named CNI_IFNAME in sandbox CNI_NETNS (CHECK_FAILED without one)."""
+    prev = prev_result_for_check(request)
     entry = next((i for i in prev["interfaces"]
                   if i.get("name") == request.ifname and i.get("sandbox") == request.netns), None)
     if entry is None:

@@ -42,17 +42,16 @@ MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 
 _NDMSG = struct.Struct("=BxxxiHBB")     # family, ifindex, state, flags, type
 
 
-
 class Link:
     """A link as the kernel reports it. Plain classes here, not dataclasses: every standalone plugin
     call imports this module, and `dataclasses` costs it more than its netlink work (see cni.skel.Request)."""
-    __slots__ = ("index", "name", "kind", "mac", "mtu", "master", "peer", "up", "hairpin", "isolated", "flags",
-                 "txqlen", "alias", "info")
+    __slots__ = ("index", "name", "kind", "mac", "mtu", "master", "peer", "hairpin", "isolated", "flags", "txqlen",
+                 "alias", "info")
 
     def __init__(self, index: int, name: str, kind: str, mac: str, mtu: int,
                  master: int,       # ifindex of the bridge this link is enslaved to, 0 if none
                  peer: int,         # for a veth: the peer's ifindex (in the peer's namespace)
-                 up: bool, hairpin: bool, isolated: bool,
+                 hairpin: bool, isolated: bool,
                  flags: int = 0,    # IFF_*
                  txqlen: int = 0, alias: str = "",
                  info: dict | None = None):   # IFLA_INFO_DATA
@@ -63,13 +62,16 @@ class Link:
         self.mtu = mtu
         self.master = master
         self.peer = peer
-        self.up = up
         self.hairpin = hairpin
         self.isolated = isolated
         self.flags = flags
         self.txqlen = txqlen
         self.alias = alias
         self.info = {} if info is None else info
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
 
     def __repr__(self):
         return f"Link({self.index}, {self.name!r}, kind={self.kind!r}, mac={self.mac!r}, up={self.up})"
@@ -542,14 +544,7 @@ class _Teardown(threading.Thread):
 
     def run(self):
         try:
-            if self.path:
-                with _opened_netns(self.path) as fd:
-                    enter(fd, self.path)
-            sock = rtnl.Socket()
-            try:
-                sock.request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, self.index, 0, 0))
-            finally:
-                sock.close()
+            _delete_by_index(self.path, self.index)
         except (OSError, CNIError) as e:
             self.error = e
 
@@ -564,13 +559,10 @@ class _Teardown(threading.Thread):
 
 
 class _DetachedTeardown:
-    """RTM_DELLINK of one link from a forked child that holds nothing else of this process (every
-    other descriptor closed: no lock outlives the plugin in it) and exits with the errno (0: done)."""
+    """RTM_DELLINK of one link from a detached child (cni.run_detached), which exits with the errno."""
 
     def __init__(self, path: str | None, index: int):
-        self.pid = os.fork()
-        if self.pid == 0:
-            os._exit(_delete_alone(path, index))
+        self.pid = cni.run_detached(lambda: _delete_alone(path, index))
         self.status = None
 
     def is_alive(self) -> bool:
@@ -586,23 +578,25 @@ class _DetachedTeardown:
 
 
 def _delete_alone(path: str | None, index: int) -> int:
+    """In the detached child: the errno of the deletion, 0 when done."""
     try:
-        for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-            if fd > 2:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):            # the runtime waits for the plugin's stdout and stderr to close
-            os.dup2(devnull, fd)
-        if path:
-            with _opened_netns(path) as fd:
-                enter(fd, path)
-        rtnl.Socket().request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, index, 0, 0))
+        _delete_by_index(path, index)
         return 0
     except OSError as e:
         return e.errno or 1
-    except BaseException:
-        return 1
+
+
+def _delete_by_index(path: str | None, index: int):
+    """RTM_DELLINK of link `index` of the namespace at `path`, from the calling thread, which enters
+    that namespace (a thread or child process of our own) and waits for the kernel's answer."""
+    if path:
+        with _opened_netns(path) as fd:
+            enter(fd, path)
+    sock = rtnl.Socket()
+    try:
+        sock.request(rtnl.RTM_DELLINK, rtnl.IFINFOMSG.pack(0, 0, index, 0, 0))
+    finally:
+        sock.close()
 
 
 @contextlib.contextmanager
@@ -672,7 +666,7 @@ def _to_link(body: bytes) -> Link:
     return Link(index=index, name=rtnl.as_string(attrs.get(rtnl.IFLA_IFNAME)),
                 kind=rtnl.as_string(info.get(rtnl.IFLA_INFO_KIND)), mac=rtnl.as_mac(attrs.get(rtnl.IFLA_ADDRESS)),
                 mtu=rtnl.as_u32(attrs.get(rtnl.IFLA_MTU)), master=rtnl.as_u32(attrs.get(rtnl.IFLA_MASTER)),
-                peer=rtnl.as_u32(attrs.get(rtnl.IFLA_LINK)), up=bool(flags & IFF_UP),
+                peer=rtnl.as_u32(attrs.get(rtnl.IFLA_LINK)),
                 hairpin=bool(port.get(rtnl.IFLA_BRPORT_MODE, b"\0")[0]),
                 isolated=bool(port.get(rtnl.IFLA_BRPORT_ISOLATED, b"\0")[0]),
                 flags=flags, txqlen=rtnl.as_u32(attrs.get(rtnl.IFLA_TXQLEN)),

@@ -37,7 +37,7 @@ import socket
 import struct
 
 import cni
-from cni import tools
+from cni import rtnl, tools
 from cni.errors import CNIError, KERNEL_FAILURE
 
 FAMILY = "inet"
@@ -259,21 +259,9 @@ def _held(what: str, make, close):
 
 
 def _close_held_in_a_child():
-    """A plugin executable's held sockets are closed by a forked child that keeps nothing else open
-    (stdio on /dev/null: the runtime waits for the plugin's stdout to close), so that the kernel's
-    wait on close outlives the plugin instead of delaying its exit."""
-    if os.fork() != 0:
-        return
-    try:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-            with contextlib.suppress(OSError):
-                if fd > 2 and not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                    os.close(fd)
-    finally:
-        os._exit(0)
+    """A plugin executable's held sockets are closed by a detached child that keeps them alone, so that
+    the kernel's wait on close outlives the plugin instead of delaying its exit."""
+    cni.run_detached(lambda: 0, keep_sockets=True)
 
 
 _HELD: dict = {}
@@ -363,83 +351,41 @@ def run(text: str, json_output: bool = False, check_only: bool = False) -> tuple
 _FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7, "arp": 3, "netdev": 5}    # NFPROTO_*
 _NETLINK_NETFILTER = 12
 _GETTABLE, _GETCHAIN, _GETRULE = (10 << 8) | 1, (10 << 8) | 4, (10 << 8) | 7   # NFNL_SUBSYS_NFTABLES, NFT_MSG_GET*
-_REQUEST, _DUMP = 0x1, 0x300
-_DONE, _ERROR = 3, 2
 _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_USE = 1, 3, 6
 _RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA = 1, 2, 3, 7
 _UDATA_COMMENT = 0
+_NFGENMSG = struct.Struct("=BBH")         # family, version, resource id
 
 
-def _attr(kind: int, value: bytes) -> bytes:
-    body = struct.pack("=HH", 4 + len(value), kind) + value
-    return body + b"\0" * (-len(body) % 4)
-
-
-def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
-    found = {}
-    while offset + 4 <= end:
-        size, kind = struct.unpack_from("=HH", data, offset)
-        if size < 4:
-            break
-        found[kind & 0x3fff] = data[offset + 4:offset + size]
-        offset += (size + 3) & ~3
-    return found
-
-
-def _nf_socket() -> socket.socket:
+def _nf_socket() -> rtnl.Socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER)
     sock.settimeout(EXEC_TIMEOUT)
-    return sock
+    return rtnl.Socket(sock)
 
 
-_sequence = 0
-
-
-def _nf_request(kind: int, flags: int, family: str, table: str, attrs: bytes) -> list[dict[int, bytes]]:
-    """Send one nf_tables request; the attributes of each message of the answer. ENOENT -> None."""
+def _nf_request(kind: int, family: str, table: str, attrs: bytes = b"", dump: bool = False) -> list[dict] | None:
+    """Send one nf_tables request (netlink framing: cni.rtnl); the attributes of each message of the
+    answer, None when the kernel answers ENOENT."""
+    payload = _NFGENMSG.pack(_FAMILIES[family], 0, 0) + rtnl.string(1, table) + attrs
     with _HELD_LOCK:
-        return _nf_exchange(kind, flags, family, table, attrs)
-
-
-def _nf_exchange(kind: int, flags: int, family: str, table: str, attrs: bytes) -> list[dict[int, bytes]]:
-    global _sequence
-    _sequence = (_sequence + 1) & 0x7fffffff
-    payload = struct.pack("=BBH", _FAMILIES[family], 0, 0) + _attr(1, table.encode() + b"\0") + attrs
-    request = struct.pack("=IHHII", 16 + len(payload), kind, flags, _sequence, 0) + payload
-    sock = _held("nfnetlink", _nf_socket, socket.socket.close)
-    sock.sendto(request, (0, 0))
-    messages = []
-    while True:
-        data, offset = sock.recv(1 << 20), 0
-        while offset + 16 <= len(data):
-            length, msg_type, _, sequence = struct.unpack_from("=IHHI", data, offset)
-            if length < 16:
-                raise NftError(f"nf_tables request on table {family} {table} failed", "malformed answer")
-            at, offset = offset, offset + ((length + 3) & ~3)
-            if sequence != _sequence:
-                continue              # the rest of an earlier answer, abandoned
-            if msg_type == _ERROR:
-                error = -struct.unpack_from("=i", data, at + 16)[0]
-                if error == errno.ENOENT:
-                    return None
-                if error:
-                    raise NftError(f"nf_tables request on table {family} {table} failed", os.strerror(error))
-                return messages
-            if msg_type == _DONE:
-                return messages
-            messages.append(_attrs(data, at + 20, at + length))      # after nlmsghdr, nfgenmsg
-            if not flags & _DUMP:
-                return messages
+        sock = _held("nfnetlink", _nf_socket, rtnl.Socket.close)
+        try:
+            bodies = sock.dump(kind, payload) if dump else [sock.get(kind, payload)]
+        except rtnl.KernelError as e:
+            if e.code == errno.ENOENT:
+                return None
+            raise NftError(f"nf_tables request on table {family} {table} failed", os.strerror(e.code)) from None
+    return [rtnl.parse(body[_NFGENMSG.size:]) for body in bodies]
 
 
 def table_exists(family: str, table: str) -> bool:
-    return _nf_request(_GETTABLE, _REQUEST, family, table, b"") is not None
+    return _nf_request(_GETTABLE, family, table) is not None
 
 
 def chain_use(family: str, table: str, chain: str) -> int | None:
     """How many references the kernel counts on a chain (its rules, and the jumps and map elements
     that lead to it), None when the chain does not exist."""
-    found = _nf_request(_GETCHAIN, _REQUEST, family, table, _attr(_CHAIN_NAME, chain.encode() + b"\0"))
+    found = _nf_request(_GETCHAIN, family, table, rtnl.string(_CHAIN_NAME, chain))
     if found is None:
         return None
     if not found or _CHAIN_USE not in found[0]:
@@ -452,7 +398,7 @@ def chain_rules(family: str, table: str, chain: str) -> "list[Rule] | None":
     chain does not exist: a dump the kernel filters to that chain."""
     if chain_use(family, table, chain) is None:
         return None
-    found = _nf_request(_GETRULE, _REQUEST | _DUMP, family, table, _attr(_RULE_CHAIN, chain.encode() + b"\0"))
+    found = _nf_request(_GETRULE, family, table, rtnl.string(_RULE_CHAIN, chain), dump=True)
     rules = []
     for attrs in found or ():
         handle = struct.unpack(">Q", attrs[_RULE_HANDLE])[0]

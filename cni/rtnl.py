@@ -181,8 +181,8 @@ def link_request(index: int = 0, name: str | None = None) -> bytes:
 
 
 def ports_request(master: int) -> bytes:
-    return IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + u32(IFLA_MASTER, master) + \
-        u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+    """A dump of the links enslaved to `master`."""
+    return link_request() + u32(IFLA_MASTER, master)
 
 
 def addresses(sock: Socket, family: int, index: int) -> list[tuple[str, int, int]]:

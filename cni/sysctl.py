@@ -17,6 +17,14 @@ def ensure(key: str, value: str):
         f.write(value)
 
 
+def enable_forwarding(versions):
+    """IP forwarding on in this namespace for each IP version (4, 6) in `versions`."""
+    if 4 in versions:
+        ensure("net.ipv4.ip_forward", "1")
+    if 6 in versions:
+        ensure("net.ipv6.conf.all.forwarding", "1")
+
+
 def read_in(netns: str, key: str) -> str:
     """`key`'s value in the network namespace at `netns` (net.* keys are per namespace)."""
     from cni import netlink    # pyroute2: only for callers that reach into a pod

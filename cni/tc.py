@@ -4,12 +4,11 @@ redirect of a link's ingress, and an htb variant that leaves chosen subnets unsh
 import dataclasses
 import errno
 import ipaddress
-import logging
 
 from cni.pyroute2_lite import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import common as tc_common   # after the line above: no pyroute2 __init__
 
-from cni import netlink
+from cni import log, netlink
 from cni.errors import CNIError, KERNEL_FAILURE
 
 ROOT_HANDLE = 0x10000        # 1:
@@ -23,7 +22,6 @@ ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
 _ADDRESS_OFFSET = {(4, "src"): 12, (4, "dst"): 16, (6, "src"): 8, (6, "dst"): 24}
 
 
-LOG = logging.getLogger("podplumb")
 
 
 def bucket(rate_bits: int, burst_bits: int) -> tuple[int, int]:
@@ -34,7 +32,7 @@ def bucket(rate_bits: int, burst_bits: int) -> tuple[int, int]:
     largest = int(rate * (2**32 - 1) / (tc_common.tick_in_usec * tc_common.TIME_UNITS_PER_SEC))
     burst = burst_bits // 8
     if burst > largest:
-        LOG.info("tc: burst of %d bytes at %d bytes/s cut to %d, the most the kernel holds", burst, rate, largest)
+        log.logger().info("tc: burst of %d bytes at %d bytes/s cut to %d, the most the kernel holds", burst, rate, largest)
         burst = largest
     return rate, burst
 

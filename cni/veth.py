@@ -3,9 +3,8 @@ check it. The host end's name is random; a plugin finds it again through prevRes
 
 import os
 
-from cni import chained, netlink, result as results
+from cni import chained, netlink
 from cni.errors import CHECK_FAILED, CNIError, LINK_CONFLICT
-from cni.skel import Request
 
 
 def create(host: netlink.Namespace, netns: str, ifname: str, mtu: int = 0, mac: str | None = None) -> str:
@@ -44,14 +43,6 @@ def remove(host_name: str | None, is_ours, netns: str, ifname: str):
 
 def check_failed(msg: str) -> CNIError:
     return CNIError(CHECK_FAILED, msg)
-
-
-def prev_result_for_check(request: Request) -> dict:
-    """prevResult, which CHECK cannot do without, in the current shape."""
-    prev = request.config.get("prevResult")
-    if not prev:
-        raise CNIError(CHECK_FAILED, "CHECK needs prevResult", "the runtime must pass the ADD result")
-    return results.from_any(prev, request.version)
 
 
 def check_pod_link(container: netlink.Namespace, prev: dict, ifname: str, netns: str) -> netlink.Link:

@@ -147,8 +147,7 @@ class _Host:
         self.channel = channel
         self.parent = parent
         self.drain_timeout = drain_timeout
-        self.spares = set()             # pids waiting for a call
-        self.calls = {}                 # pid -> call number
+        self.calls = {}                 # pid -> call number; a child not in it waits for a call
         self.stopping = False
         self.plugins = {}
 
@@ -202,7 +201,6 @@ class _Host:
             finally:
                 logging.shutdown()
                 os._exit(code)
-        self.spares.add(pid)
         self.waiting.add(1)
 
     def _read_took(self):
@@ -214,12 +212,10 @@ class _Host:
             kind, pid, number = line.split()
             pid, number = int(pid), int(number)
             if kind == b"took":
-                self.spares.discard(pid)
                 self.calls[pid] = number
                 if not self.stopping and self.waiting.value() < SPARES:
                     self._fork_call_process()
             elif self.calls.pop(pid, None) is not None:      # free: it ended a call and waits again
-                self.spares.add(pid)
                 self._done(number)
 
     def _done(self, number: int):
@@ -228,7 +224,7 @@ class _Host:
 
     def _reap(self):
         self._read_took()
-        while self.spares or self.calls:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -236,8 +232,7 @@ class _Host:
             if not pid:
                 return
             self._read_took()      # what it said before it ended
-            if pid in self.spares:      # a waiting call process that ended (idle, its last call served, killed)
-                self.spares.discard(pid)
+            if pid not in self.calls:      # a waiting call process that ended (idle, its last call served, killed)
                 if os.waitstatus_to_exitcode(status) != 0:
                     LOG.warning("a waiting call process ended (%s)", _exit_reason(status))
                     if os.waitstatus_to_exitcode(status) < 0:     # killed while it was counted as waiting
@@ -245,9 +240,7 @@ class _Host:
                 if not self.stopping and self.waiting.value() < SPARES:
                     self._fork_call_process()
                 continue
-            number = self.calls.pop(pid, None)
-            if number is not None:
-                self._done(number)
+            self._done(self.calls.pop(pid))
 
 
 class _CallProcess:

@@ -121,7 +121,7 @@ def delete(request: skel.Request):
 
 def check(request: skel.Request):
     conf = config.load(request)
-    prev = veth.prev_result_for_check(request)
+    prev = addressing.prev_result_for_check(request)
     _ipam(conf, request, "CHECK")
     with netlink.Namespace(request.netns) as container, netlink.Namespace() as host:
         pod = veth.check_pod_link(container, prev, request.ifname, request.netns)
@@ -134,7 +134,8 @@ def check(request: skel.Request):
         if not conf.disable_container_interface:
             addressing.check(container, pod.index, request.ifname, chained.pod_ips(prev, request.ifname),
                              prev["routes"])
-    nftables, macspoof = _nftables()
+    if conf.ip_masq or conf.macspoofchk:
+        nftables, macspoof = _nftables()
     if conf.ip_masq and not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
                                                         [ip["address"] for ip in prev["ips"]]):
         raise veth.check_failed(f"masquerade rules of {request.container_id} are missing")

@@ -67,11 +67,7 @@ def ensure_gateways(host: Namespace, conf: BridgeConfig, bridge_index: int, ips:
                 host.delete_address(bridge_index, str(other))
         host.add_address(bridge_index, str(wanted), nodad=True)
         present.append(wanted)
-    families = {ipaddress.ip_interface(ip["address"]).version for ip in ips}
-    if 4 in families:
-        sysctl.ensure("net.ipv4.ip_forward", "1")
-    if 6 in families:
-        sysctl.ensure("net.ipv6.conf.all.forwarding", "1")
+    sysctl.enable_forwarding({ipaddress.ip_interface(ip["address"]).version for ip in ips})
 
 
 def configure_container(container: Namespace, conf: BridgeConfig, ifname: str, ips: list, routes: list):

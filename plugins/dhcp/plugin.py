@@ -8,16 +8,14 @@ own), else /run/podplumb/cni-dhcp.sock (where `podplumb daemon` serves it by def
 """
 
 import ipaddress
-import logging
 import os
 import socket
 
-from cni import result as results, skel
+from cni import log, result as results, skel
 from cni.errors import CNIError, CHECK_FAILED, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN_LATER
 
 from plugins.dhcp import protocol
 
-LOG = logging.getLogger("podplumb")
 
 SOCKET_ENV = "PODPLUMB_DHCP_SOCKET"      # podplumb.client.DHCP_SOCKET_ENV (not imported: plugins stand alone)
 CALL_TIMEOUT = 60.0       # the service gives up acquiring after 20 s
@@ -63,7 +61,7 @@ def delete(request: skel.Request):
     try:
         _ask(request, _message(request, "DEL"))
     except NoService as e:   # the leases lived in that service's memory: there is nothing left to release
-        LOG.warning("dhcp DEL: %s; nothing to release", e)
+        log.logger().warning("dhcp DEL: %s; nothing to release", e)
 
 
 def check(request: skel.Request):
@@ -87,7 +85,7 @@ def gc(request: skel.Request):
     try:
         _ask(request, {"command": "GC", "network": request.network, "valid": valid})
     except NoService as e:
-        LOG.warning("dhcp GC: %s; nothing to collect", e)
+        log.logger().warning("dhcp GC: %s; nothing to collect", e)
 
 
 def _message(request: skel.Request, command: str, **extra) -> dict:

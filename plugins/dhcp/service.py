@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 
+from cni.errors import CHECK_FAILED, DECODE_FAILURE, INVALID_ENVIRONMENT, TRY_AGAIN_LATER
 from plugins.dhcp import protocol
 
 LOG = logging.getLogger("podplumb.dhcp")
@@ -91,14 +92,14 @@ class LeaseService:
         command = request.get("command") if isinstance(request, dict) else None
         try:
             if command is None:
-                return _error(6, "a DHCP request is a JSON object with a command")
+                return _error(DECODE_FAILURE, "a DHCP request is a JSON object with a command")
             if command == "GC":
                 return self._gc(request.get("network"), request.get("valid") or [])
             if command == "STATUS":
                 return {"ok": True}
             key = (request.get("network"), request.get("containerID"), request.get("ifname"))
             if not all(isinstance(part, str) and part for part in key):
-                return _error(4, "a DHCP request needs network, containerID and ifname")
+                return _error(INVALID_ENVIRONMENT, "a DHCP request needs network, containerID and ifname")
             with self._key_lock(key):
                 if command == "ADD":
                     reply, netns_fd = self._add(key, netns_fd, request.get("hostname")), None
@@ -107,7 +108,7 @@ class LeaseService:
                     return self._delete(key)
                 if command == "CHECK":
                     return self._check(key)
-            return _error(4, f"unknown DHCP request {command!r}")
+            return _error(INVALID_ENVIRONMENT, f"unknown DHCP request {command!r}")
         finally:
             if netns_fd is not None:
                 os.close(netns_fd)
@@ -124,7 +125,7 @@ class LeaseService:
                 os.close(netns_fd)
             return {"lease": worker.lease()}
         if netns_fd is None:
-            return _error(4, "ADD needs the pod's network namespace")
+            return _error(INVALID_ENVIRONMENT, "ADD needs the pod's network namespace")
         # Imported at the first lease, not when the daemon starts: pyroute2.dhcp and asyncio would
         # hold up the daemon's first answers.
         from plugins.dhcp.lease import Failed, LeaseWorker
@@ -134,7 +135,7 @@ class LeaseService:
         try:
             lease = worker.start(self.acquire_timeout)
         except Failed as e:
-            return _error(11, f"no DHCP lease for {ifname}", str(e))
+            return _error(TRY_AGAIN_LATER, f"no DHCP lease for {ifname}", str(e))
         with self._lock:
             self._leases[key] = worker
         return {"lease": lease}
@@ -153,7 +154,7 @@ class LeaseService:
             worker = self._leases.get(key)
         lease = worker.lease() if worker else None
         if lease is None:
-            return _error(105, f"no DHCP lease kept for {key[2]} of container {key[1]}",
+            return _error(CHECK_FAILED, f"no DHCP lease kept for {key[2]} of container {key[1]}",
                           "the daemon may have restarted since the ADD, or the lease was lost")
         return {"lease": lease}
 

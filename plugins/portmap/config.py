@@ -2,13 +2,11 @@
 
 import dataclasses
 import ipaddress
-import logging
 
-from cni import limits, result as results
+from cni import limits, log, result as results
 from cni.errors import config_error
 from cni.skel import Request
 
-LOG = logging.getLogger("podplumb")
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 # Keys of the reference plugin that only mean something to its iptables backend.
@@ -76,11 +74,11 @@ def container_addresses(prev_result: dict, ifname: str) -> list:
 def _log_ignored(raw: dict):
     for key in IPTABLES_ONLY:
         if key in raw:
-            LOG.warning("portmap: %r is ignored: it only applies to the iptables backend, "
+            log.logger().warning("portmap: %r is ignored: it only applies to the iptables backend, "
                         "podplumb always uses nftables", key)
     backend = raw.get("backend")
     if backend not in (None, "", "nftables"):
-        LOG.warning("portmap: backend %r is ignored: podplumb always uses nftables", backend)
+        log.logger().warning("portmap: backend %r is ignored: podplumb always uses nftables", backend)
 
 
 def _bool(raw: dict, key: str, default: bool) -> bool:

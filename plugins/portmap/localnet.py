@@ -1,13 +1,11 @@
 """route_localnet: lets packets from 127.0.0.0/8, once DNAT'ed to a container, leave through the
 host interface that routes to it (and their replies come back). IPv4 only: IPv6 has no equivalent."""
 
-import logging
 import os
 import re
 
-from cni import rtnl
+from cni import log, rtnl
 
-LOG = logging.getLogger("podplumb")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,15}$")
 
@@ -25,12 +23,12 @@ def route_interface(address: str) -> str | None:
     except rtnl.KernelError:
         return None           # no route to it
     except (OSError, ValueError, IndexError) as e:
-        LOG.warning("portmap: cannot find the interface routing to %s: %s", address, e)
+        log.logger().warning("portmap: cannot find the interface routing to %s: %s", address, e)
         return None
     finally:
         sock.close()
     if dev and not _SAFE_NAME.fullmatch(dev):
-        LOG.warning("portmap: not enabling route_localnet on oddly named interface %r", dev)
+        log.logger().warning("portmap: not enabling route_localnet on oddly named interface %r", dev)
         return None
     return dev or None
 
@@ -58,4 +56,4 @@ def reset(ifname: str):
         try:
             set_enabled(ifname, False)
         except OSError as e:
-            LOG.warning("portmap: cannot turn route_localnet off on %s: %s", ifname, e)
+            log.logger().warning("portmap: cannot turn route_localnet off on %s: %s", ifname, e)

@@ -8,14 +8,12 @@ container ID, ifname) and the chains of the host ports it holds, so nothing is s
 lists the whole table but GC (see rules.py)."""
 
 import dataclasses
-import logging
 
-from cni import conntrack, nftables, skel
+from cni import conntrack, log, nftables, skel
 from cni.errors import CHECK_FAILED, CNIError, IO_FAILURE, NOT_AVAILABLE, config_error
 from plugins.portmap import config as configs, localnet, rules
 from plugins.portmap.rules import ATTACHMENTS, GUARD, TABLE
 
-LOG = logging.getLogger("podplumb")
 
 
 def add(request: skel.Request) -> dict:
@@ -275,7 +273,7 @@ def _enable_localnet(ifname: str, request: skel.Request):
     except OSError as e:
         delete(request)
         raise CNIError(IO_FAILURE, f"portmap: cannot turn route_localnet on for {ifname}", str(e)) from None
-    LOG.info("portmap: turned route_localnet on for %s (localhost host ports)", ifname)
+    log.logger().info("portmap: turned route_localnet on for %s (localhost host ports)", ifname)
 
 
 def _release_script(script: nftables.Script, chain: str):

@@ -7,7 +7,7 @@ reference plugin. No bridge: pods of the network talk through the host's routing
 
 import ipaddress
 
-from cni import addressing, chained, invoke, netlink, nftables, result as results, skel, sysctl, veth
+from cni import addressing, chained, invoke, netlink, result as results, skel, sysctl, veth
 from cni.errors import CNIError, INVALID_CONFIG
 from cni.rollback import Rollback
 
@@ -24,12 +24,13 @@ def add(request: skel.Request) -> dict:
         undo.push("IPAM lease", lambda: invoke.delegate(request, "DEL"))
         ips = _ip_configs(ipam)
         routes = [dict(r) for r in ipam.get("routes") or []]
-        _enable_forwarding(ips)
+        sysctl.enable_forwarding({ipaddress.ip_interface(ip["address"]).version for ip in ips})
         host_name = veth.create(host, request.netns, request.ifname, mtu=conf.mtu)
         undo.push("veth", lambda: host.delete_link(host_name))
         host_end = _configure_host(host, host_name, ips)
         pod = _configure_pod(container, request.ifname, ips, routes)
         if conf.ip_masq:
+            from cni import nftables     # only a call that makes rules pays for importing it
             undo.push("masquerade", lambda: nftables.remove_masquerade(conf.network, request.container_id,
                                                                        request.ifname))
             nftables.ensure_masquerade(conf.network, request.container_id, request.ifname,
@@ -56,29 +57,15 @@ def _ip_configs(ipam: dict) -> list:
     return ips
 
 
-def _enable_forwarding(ips: list):
-    families = {ipaddress.ip_interface(ip["address"]).version for ip in ips}
-    if 4 in families:
-        sysctl.ensure("net.ipv4.ip_forward", "1")
-    if 6 in families:
-        sysctl.ensure("net.ipv6.conf.all.forwarding", "1")
-
-
-def _host_prefix(address) -> str:
-    """The address alone, as a /32 or /128."""
-    address = ipaddress.ip_address(address)
-    return f"{address}/{address.max_prefixlen}"
-
-
 def _configure_host(host: netlink.Namespace, host_name: str, ips: list) -> netlink.Link:
     """The host end: up, each gateway as a host address, a route to each pod address."""
     link = host.link(host_name)
     host.set_link(link.index, state="up")
     for ip in ips:
         gateway = ipaddress.ip_address(ip["gateway"])
-        host.add_address(link.index, _host_prefix(gateway), prefix_route=False)
+        host.add_address(link.index, addressing.host_prefix(gateway), prefix_route=False)
         pod_address = ipaddress.ip_interface(ip["address"]).ip
-        host.add_route(link.index, _host_prefix(pod_address), source=str(gateway), link_scope=True)
+        host.add_route(link.index, addressing.host_prefix(pod_address), source=str(gateway), link_scope=True)
     return host.link(index=link.index)
 
 
@@ -89,7 +76,7 @@ def _configure_pod(container: netlink.Namespace, ifname: str, ips: list, routes:
     addressing.configure(container, link.index, ips, [], prefix_route=False)
     for ip in ips:
         address = ipaddress.ip_interface(ip["address"])
-        container.add_route(link.index, _host_prefix(ip["gateway"]), source=str(address.ip), link_scope=True)
+        container.add_route(link.index, addressing.host_prefix(ip["gateway"]), source=str(address.ip), link_scope=True)
         container.add_route(link.index, str(address.network), ip["gateway"], source=str(address.ip))
     addressing.add_routes(container, link.index, ips, routes)
     return container.link(index=link.index)
@@ -102,12 +89,13 @@ def delete(request: skel.Request):
     veth.remove(host_names[0] if host_names else None, lambda host, link: link.master == 0,
                 request.netns, request.ifname)
     if conf.ip_masq:
+        from cni import nftables
         nftables.remove_masquerade(conf.network, request.container_id, request.ifname)
 
 
 def check(request: skel.Request):
     conf = config.load(request)
-    prev = veth.prev_result_for_check(request)
+    prev = addressing.prev_result_for_check(request)
     invoke.delegate(request, "CHECK")
     with netlink.Namespace(request.netns) as container, netlink.Namespace() as host:
         pod = veth.check_pod_link(container, prev, request.ifname, request.netns)
@@ -119,14 +107,16 @@ def check(request: skel.Request):
         held = host.addresses(host_end.index)
         routed = {ipaddress.ip_network(dst) for dst, _, _ in host.routes(host_end.index)}
         for ip in chained.pod_ips(prev, request.ifname):
-            if ip.get("gateway") and ipaddress.ip_interface(_host_prefix(ip["gateway"])) not in held:
+            if ip.get("gateway") and ipaddress.ip_interface(addressing.host_prefix(ip["gateway"])) not in held:
                 raise veth.check_failed(f"gateway {ip['gateway']} is missing from {host_end.name}")
             pod_address = ipaddress.ip_interface(ip["address"]).ip
-            if ipaddress.ip_network(_host_prefix(pod_address)) not in routed:
+            if ipaddress.ip_network(addressing.host_prefix(pod_address)) not in routed:
                 raise veth.check_failed(f"the host has no route to {pod_address} via {host_end.name}")
-    if conf.ip_masq and not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
-                                                        [ip["address"] for ip in prev["ips"]]):
-        raise veth.check_failed(f"masquerade rules of {request.container_id} are missing")
+    if conf.ip_masq:
+        from cni import nftables
+        if not nftables.masquerade_present(conf.network, request.container_id, request.ifname,
+                                           [ip["address"] for ip in prev["ips"]]):
+            raise veth.check_failed(f"masquerade rules of {request.container_id} are missing")
 
 
 def status(request: skel.Request):
@@ -138,6 +128,7 @@ def gc(request: skel.Request):
     conf = config.load(request)
     invoke.delegate(request, "GC")
     valid = chained.valid_attachments(request)
+    from cni import nftables
     nftables.gc_masquerade(conf.network, valid)
 
 

@@ -4,7 +4,7 @@ addresses (prevResult's, else the interface's)."""
 
 import ipaddress
 
-from cni import chained, fields, netlink, policy_routing as pr, skel
+from cni import addressing, chained, fields, netlink, policy_routing as pr, skel
 from cni.errors import CHECK_FAILED, CNIError, UNKNOWN_CONTAINER, config_error
 from cni.rollback import Rollback
 
@@ -38,7 +38,7 @@ def add(request: skel.Request) -> dict:
                 pr.add_route(pod, pr.Route(_family(gateway), default, table, link.index, (("gateway", gateway),)),
                              table)
         for ip in ips:
-            source = _host_prefix(ip["address"])
+            source = addressing.host_prefix(ip["address"])
             undo.push(f"rule from {source}", lambda s=source: _delete_rules_from(pod, {s}))
             pr.add_rule(pod, source, table)
         undo.push("routes in the main table", lambda: [pr.add_route(pod, r, netlink.RT_TABLE_MAIN)
@@ -54,10 +54,10 @@ def delete(request: skel.Request) -> None:
     try:
         with netlink.Namespace(request.netns) as pod:
             prev = chained.prev_result_or_none(request)
-            sources = {_host_prefix(str(a)) for a in chained.pod_addresses(prev, request.ifname)} if prev else set()
+            sources = {addressing.host_prefix(str(a)) for a in chained.pod_addresses(prev, request.ifname)} if prev else set()
             link = pod.link(request.ifname)
             if link is not None:
-                sources |= {_host_prefix(str(a)) for a in pod.addresses(link.index)}
+                sources |= {addressing.host_prefix(str(a)) for a in pod.addresses(link.index)}
             tables = _delete_rules_from(pod, sources)
             if link is not None:
                 for table in tables - {netlink.RT_TABLE_MAIN}:
@@ -76,7 +76,7 @@ def check(request: skel.Request) -> None:
         rules = pr.rules(pod)
         tables = set()
         for address in chained.pod_addresses(prev, request.ifname):
-            source = _host_prefix(str(address))
+            source = addressing.host_prefix(str(address))
             found = [r for r in rules if r.src == source]
             if not found:
                 problems.append(f"no rule from {source}")
@@ -122,11 +122,6 @@ def _delete_rules_from(pod: netlink.Namespace, sources: set) -> set[int]:
 def _flush_table(pod: netlink.Namespace, table: int, oif: int):
     for route in pr.routes(pod, table=table, oif=oif):
         pr.delete_route(pod, route)
-
-
-def _host_prefix(address: str) -> str:
-    ip = ipaddress.ip_interface(address).ip
-    return f"{ip}/{ip.max_prefixlen}"
 
 
 def _family(address: str) -> int:
