@@ -39,3 +39,19 @@ def leases(data_dir, network):
 
 def host_links(ns):
     return sorted(l["ifname"] for l in kernel.ip_json("link", "show", ns=ns))
+
+
+def add_pods(net, netns, count=2):
+    """`count` pods, each in a namespace of its own, added to `net` as ctr0, ctr1, ...: (namespaces, results)."""
+    pods = [netns("pod") for _ in range(count)]
+    return pods, [net.add(f"ctr{i}", kernel.netns_path(p)) for i, p in enumerate(pods)]
+
+
+def check_then_delete_twice(net, pods, version):
+    """CHECK every pod of add_pods (from cniVersion 0.4.0), then DEL each twice: DEL twice is success."""
+    if version >= "0.4.0":
+        for i, p in enumerate(pods):
+            net.check(f"ctr{i}", kernel.netns_path(p))
+    for i, p in enumerate(pods):
+        net.delete(f"ctr{i}", kernel.netns_path(p))
+        net.delete(f"ctr{i}", kernel.netns_path(p))

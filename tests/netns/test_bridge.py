@@ -8,15 +8,15 @@ import pytest
 
 from podplumb.runtime import PluginFailed
 from tests import kernel
-from tests.netns.bridge_helpers import VERSIONS, bridge_conflist, host_links, leases, pod_addresses
+from tests.netns.bridge_helpers import (VERSIONS, add_pods, bridge_conflist, check_then_delete_twice, host_links,
+                                         leases, pod_addresses)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
     conflist = bridge_conflist(data_dir, version)
     net = plugin_host.network(conflist)
-    pods = [netns("pod"), netns("pod")]
-    results = [net.add(f"ctr{i}", kernel.netns_path(p)) for i, p in enumerate(pods)]
+    pods, results = add_pods(net, netns)
 
     for result in results:
         assert result["cniVersion"] == version
@@ -34,12 +34,8 @@ def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
         gateway = next(ip["gateway"] for ip in results[0]["ips"] if ipaddress.ip_interface(ip["address"]).version == family)
         assert kernel.ping(pods[1], gateway), f"pod to gateway over IPv{family}"
 
-    if version >= "0.4.0":
-        for i, p in enumerate(pods):
-            net.check(f"ctr{i}", kernel.netns_path(p))
-    for i, p in enumerate(pods):
-        net.delete(f"ctr{i}", kernel.netns_path(p))
-        net.delete(f"ctr{i}", kernel.netns_path(p))   # DEL twice is success
+    check_then_delete_twice(net, pods, version)
+    for p in pods:
         assert "eth0" not in host_links(p)
     assert leases(data_dir, conflist["name"]) == []
     assert not any(l.startswith("veth") for l in host_links(plugin_host.ns))

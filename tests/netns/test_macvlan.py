@@ -6,7 +6,8 @@ import pytest
 
 from podplumb.runtime import PluginFailed
 from tests import kernel
-from tests.netns.bridge_helpers import VERSIONS, host_links, leases, pod_addresses
+from tests.netns.bridge_helpers import (VERSIONS, add_pods, check_then_delete_twice, host_links, leases,
+                                         pod_addresses)
 from tests.netns.lan_helpers import make_lan
 
 
@@ -30,8 +31,7 @@ def test_two_pods_reach_each_other_and_the_lan(plugin_host, netns, data_dir, ver
     lan = make_lan(netns, plugin_host.ns)
     conflist = macvlan_conflist(data_dir, lan.master, version, subnet6=version == "1.1.0")
     net = plugin_host.network(conflist)
-    pods = [netns("pod"), netns("pod")]
-    results = [net.add(f"ctr{i}", kernel.netns_path(p)) for i, p in enumerate(pods)]
+    pods, results = add_pods(net, netns)
 
     for pod, result in zip(pods, results):
         assert result["cniVersion"] == version
@@ -48,12 +48,8 @@ def test_two_pods_reach_each_other_and_the_lan(plugin_host, netns, data_dir, ver
     assert kernel.ping(lan.ns, a[4]), "LAN to pod"
     if version == "1.1.0":
         assert kernel.ping(pods[0], lan.address6) and kernel.ping(pods[0], b[6]), "over IPv6"
-    if version >= "0.4.0":
-        for i, p in enumerate(pods):
-            net.check(f"ctr{i}", kernel.netns_path(p))
-    for i, p in enumerate(pods):
-        net.delete(f"ctr{i}", kernel.netns_path(p))
-        net.delete(f"ctr{i}", kernel.netns_path(p))      # DEL twice is success
+    check_then_delete_twice(net, pods, version)
+    for p in pods:
         assert host_links(p) == ["lo"]
     assert leases(data_dir, conflist["name"]) == []
     assert lan.master in host_links(plugin_host.ns)

@@ -9,7 +9,8 @@ from cni.nftables import MASQ
 from podplumb.runtime import Network, PluginFailed
 from tests import kernel
 from tests.conftest import REFERENCE_BIN, reference_available
-from tests.netns.bridge_helpers import VERSIONS, host_links, leases, pod_addresses
+from tests.netns.bridge_helpers import (VERSIONS, add_pods, check_then_delete_twice, host_links, leases,
+                                         pod_addresses)
 from tests.netns.test_bad_input import assert_clean_error
 from tests.netns.test_portmap_env import CLIENT_EXT, HOST_EXT, SERVER_PORT, environment, request, settle
 
@@ -38,8 +39,7 @@ def _host_veths(host_ns) -> list:
 def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
     conflist = ptp_conflist(data_dir, version)
     net = plugin_host.network(conflist)
-    pods = [netns("pod"), netns("pod")]
-    results = [net.add(f"ctr{i}", kernel.netns_path(p)) for i, p in enumerate(pods)]
+    pods, results = add_pods(net, netns)
     for result in results:
         assert result["cniVersion"] == version
         host_end, pod_end = result["interfaces"]
@@ -55,12 +55,8 @@ def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
         assert kernel.ping(pods[0], GATEWAY[family]), f"pod to its gateway over IPv{family}"
         assert kernel.ping(pods[0], b[family], count=3), f"pod to pod through the host over IPv{family}"
 
-    if version >= "0.4.0":
-        for i, p in enumerate(pods):
-            net.check(f"ctr{i}", kernel.netns_path(p))
-    for i, p in enumerate(pods):
-        net.delete(f"ctr{i}", kernel.netns_path(p))
-        net.delete(f"ctr{i}", kernel.netns_path(p))   # DEL twice is success
+    check_then_delete_twice(net, pods, version)
+    for p in pods:
         assert "eth0" not in host_links(p)
     assert leases(data_dir, conflist["name"]) == []
     assert _host_veths(plugin_host.ns) == []
