@@ -11,13 +11,16 @@ with the number of pods on the node. GC lists the whole table once. No plugin po
 except the masquerade helpers at the end, which the main plugins (bridge, vxlan through bridge)
 share for `ipMasq`.
 
-Commands go through libnftables in this process (ctypes); when the library cannot be loaded, or
-PODPLUMB_NFT=exec, `nft` is exec'd. What nft cannot say without fetching every chain of the
-namespace first (one chain's rules and handles, a chain's use count) is asked of the kernel directly
-over nf_tables netlink. The libnftables context and that netlink socket are held open for the
-process, one per network namespace (see `_held`): closing them after a transaction would wait for
-an RCU grace period, longer than the transaction. Each nft command still fetches the names of the
-namespace's chains (to resolve jumps): in-process, a small cost that grows with the chains.
+A transaction goes to the kernel as nf_tables netlink messages podplumb encodes itself (cni.nft_wire)
+when it holds only what that module knows: the tables, maps, chains, elements and rule texts the
+plugins build. nft would first fetch the names of every chain of the namespace, a cost that grows
+with the node. Anything else (a user's portmap conditions, the firewall plugin's sets, the bridge
+family) goes through libnftables in this process (ctypes), or an exec'd `nft` when the library cannot
+be loaded; PODPLUMB_NFT=library or =exec chooses one of those for everything. Reads nft cannot do
+without that fetch (one chain's rules and handles, a chain's use count) are nf_tables netlink
+requests too. The netlink socket and the libnftables context are held open for the process, one
+per network namespace (see `_held`): closing them after a transaction would wait for an RCU grace
+period, longer than the transaction.
 
 Standard library only: every plugin call is a new process.
 """
@@ -37,7 +40,7 @@ import socket
 import struct
 
 import cni
-from cni import rtnl, tools
+from cni import nft_wire, rtnl, tools
 from cni.errors import CNIError, KERNEL_FAILURE
 
 FAMILY = "inet"
@@ -163,45 +166,92 @@ class BaseChain:
 
 
 class Script:
-    """An nft script for one table, applied as one transaction."""
+    """The commands of one transaction on one table: sent as nf_tables netlink messages (cni.nft_wire)
+    when it can encode them all, else as an nft script."""
 
     def __init__(self, table: str, family: str = FAMILY):
         self.table = table
         self.family = family
-        self.lines: list[str] = []
+        self.commands: list[tuple] = []
 
     def __bool__(self):
-        return bool(self.lines)
+        return bool(self.commands)
 
     def text(self) -> str:
-        return "".join(line + "\n" for line in self.lines)
+        return "".join(self.line(*command) + "\n" for command in self.commands)
+
+    def line(self, verb: str, *args) -> str:
+        where = f"{verb} {self.family} {self.table}"
+        if verb in ("add table", "delete table"):
+            return where
+        if verb in ("add chain", "create chain"):
+            name, base = args
+            spec = (f" {{ type {base.type} hook {base.hook} priority {base.priority}; policy accept; }}"
+                    if base else "")
+            return f"{where} {name}{spec}"
+        if verb == "add rule":
+            chain, rule, rule_comment = args
+            return f"{where} {chain} {rule}" + (f' comment "{rule_comment}"' if rule_comment else "")
+        if verb == "delete rule":
+            return f"{where} {args[0]} handle {args[1]}"
+        if verb == "add map":
+            return f"{where} {args[0]} {{ type {args[1]} : verdict; }}"
+        if verb == "add set":
+            return f"{where} {args[0]} {{ type {args[1]}; }}"
+        if verb in ("add element", "delete element"):
+            name, key, chain = args
+            return f"{where} {name} {{ {key}{f' : jump {chain}' if chain else ''} }}"
+        return f"{where} {args[0]}"          # flush chain, delete chain
+
+    def messages(self) -> list | None:
+        """The transaction as nf_tables messages, None when nft must run it."""
+        if self.family != nft_wire.FAMILY:
+            return None
+        try:
+            return [m for command in self.commands for m in nft_wire.encode(self.table, command)]
+        except nft_wire.Unsupported:
+            return None
 
     def add_table(self):
-        self.lines.append(f"add table {self.family} {self.table}")
+        self.commands.append(("add table",))
 
     def delete_table(self):
-        self.lines.append(f"delete table {self.family} {self.table}")
+        self.commands.append(("delete table",))
+
+    def add_map(self, name: str, key_type: str):
+        """A verdict map (idempotent)."""
+        self.commands.append(("add map", name, key_type))
+
+    def add_set(self, name: str, key_type: str):
+        self.commands.append(("add set", name, key_type))
 
     def add_chain(self, name: str, base: BaseChain | None = None):
-        spec = (f" {{ type {base.type} hook {base.hook} priority {base.priority}; policy accept; }}"
-                if base else "")
-        self.lines.append(f"add chain {self.family} {self.table} {name}{spec}")
+        self.commands.append(("add chain", name, base))
 
     def create_chain(self, name: str):
         """A chain that must not exist yet: the transaction fails ("File exists") when it does."""
-        self.lines.append(f"create chain {self.family} {self.table} {name}")
+        self.commands.append(("create chain", name, None))
 
     def flush_chain(self, name: str):
-        self.lines.append(f"flush chain {self.family} {self.table} {name}")
+        self.commands.append(("flush chain", name))
+
+    def delete_chain(self, name: str):
+        self.commands.append(("delete chain", name))
 
     def add_rule(self, chain: str, rule: str, rule_comment: str | None = None):
         if "\n" in rule or ";" in rule:
             raise ValueError(f"one rule expected, got {rule!r}")
-        suffix = f' comment "{rule_comment}"' if rule_comment else ""
-        self.lines.append(f"add rule {self.family} {self.table} {chain} {rule}{suffix}")
+        self.commands.append(("add rule", chain, rule, rule_comment))
 
     def delete_rule(self, rule: Rule):
-        self.lines.append(f"delete rule {self.family} {self.table} {rule.chain} handle {rule.handle}")
+        self.commands.append(("delete rule", rule.chain, rule.handle))
+
+    def add_element(self, name: str, key: str, jump: str | None = None):
+        """An element of a set, or of a verdict map with `jump` to a chain."""
+        self.commands.append(("add element", name, key, jump))
+
+    def delete_element(self, name: str, key: str):
+        self.commands.append(("delete element", name, key, None))
 
 
 class NftError(CNIError):
@@ -406,6 +456,29 @@ def chain_rules(family: str, table: str, chain: str) -> "list[Rule] | None":
     return rules
 
 
+def _transaction(script: Script, messages: list):
+    """Send the script's messages as one nf_tables batch; NftError names the command the kernel
+    refused, in nft's words for it ("File exists", "No such file or directory", ...)."""
+    batch = [nft_wire.batch_edge(nft_wire.BATCH_BEGIN), *messages, nft_wire.batch_edge(nft_wire.BATCH_END)]
+    with _HELD_LOCK:
+        refused = _held("nfnetlink", _nf_socket, rtnl.Socket.close).batch(batch)
+    if refused:
+        index, code = refused
+        where = _refused_command(script, index - 1)
+        raise NftError(f"nftables transaction on table {script.family} {script.table} failed",
+                       f"{os.strerror(code)}: {where}")
+
+
+def _refused_command(script: Script, index: int) -> str:
+    """The script line a message (by its index among the script's messages) came from."""
+    for command in script.commands:
+        count = len(nft_wire.encode(script.table, command))
+        if index < count:
+            return script.line(*command)
+        index -= count
+    return "the transaction as a whole"
+
+
 def _comment(userdata: bytes) -> str:
     """The comment in a rule's user data (type-length-value, as nft writes it)."""
     offset = 0
@@ -465,8 +538,13 @@ class Table:
         return _rules(out)
 
     def apply(self, script: Script, check_only: bool = False):
-        """Run the script as one atomic transaction (or only check it, with `check_only`)."""
+        """Run the script as one atomic transaction (or only check it, with `check_only`): as
+        nf_tables messages when they say it all and nft is not asked for, else through nft."""
         if not script:
+            return
+        messages = None if check_only or os.environ.get("PODPLUMB_NFT") else script.messages()
+        if messages is not None:
+            _transaction(script, messages)
             return
         code, _, err = run(script.text(), check_only=check_only)
         if code != 0:
@@ -593,8 +671,7 @@ class Attachments:
         """The table, fixed chains and maps (idempotent); the fixed chains' rules rewritten."""
         script.add_table()
         for m in self.maps.values():
-            script.lines.append(f"add map {script.family} {script.table} {m.name} "
-                                f"{{ type {m.key_type} : verdict; }}")
+            script.add_map(m.name, m.key_type)
         for name, base in self.chains.items():
             script.add_chain(name, base)
         for name in self.chains:
@@ -625,15 +702,14 @@ class Attachments:
         for record in _records(rule_tag, words):
             script.add_rule(chain, "return", record)
         for map_name, key in elements:
-            script.lines.append(f"add element {script.family} {script.table} {map_name} "
-                                f"{{ {key} : jump {chain} }}")
+            script.add_element(map_name, key, chain)
 
     def delete(self, script: Script, attached: Attached) -> Script:
         """Remove the attachment's elements and chain (as read) in `script`."""
         for map_name, key in attached.elements:
-            script.lines.append(f"delete element {script.family} {script.table} {map_name} {{ {key} }}")
+            script.delete_element(map_name, key)
         script.flush_chain(attached.chain)
-        script.lines.append(f"delete chain {script.family} {script.table} {attached.chain}")
+        script.delete_chain(attached.chain)
         return script
 
     def replace(self, network: str, container_id: str, ifname: str, rules, elements=(), shared=None):

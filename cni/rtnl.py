@@ -144,20 +144,45 @@ class Socket:
     def dump(self, msg_type: int, body: bytes) -> list[bytes]:
         return self._exchange(msg_type, NLM_F_DUMP, body)
 
-    def _exchange(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
+    def batch(self, messages) -> tuple[int, int] | None:
+        """Send `messages` ((type, flags, body) each) in one write, as nfnetlink takes a transaction:
+        the kernel has handled them all before the write returns, and answers only what it refused.
+        -> (index of the first refused message, errno), None when the kernel took them all."""
+        seqs = {}
+        chunks = []
+        for index, (msg_type, flags, body) in enumerate(messages):
+            seq = self._next_seq()
+            seqs[seq] = index
+            chunks.append(_HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0) + body)
+        self.sock.send(b"".join(chunks))
+        refused = []
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0)
+        try:
+            while True:
+                try:
+                    data = self.sock.recv(_RECV_SIZE)
+                except BlockingIOError:
+                    break
+                for kind, _, payload in _messages(data):
+                    if kind == NLMSG_ERROR and (error := -_ERROR.unpack_from(payload)[0]):
+                        seq = _HEADER.unpack_from(payload, _ERROR.size)[3]
+                        if seq in seqs:
+                            refused.append((seqs[seq], error))
+        finally:
+            self.sock.settimeout(timeout)
+        return min(refused) if refused else None
+
+    def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF
-        seq = self._seq
+        return self._seq
+
+    def _exchange(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
+        seq = self._next_seq()
         self.sock.send(_HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0) + body)
         bodies = []
         while True:
-            data = self.sock.recv(_RECV_SIZE)
-            at = 0
-            while at + _HEADER.size <= len(data):
-                length, kind, _, msg_seq, _ = _HEADER.unpack_from(data, at)
-                if length < _HEADER.size:
-                    raise KernelError(errno.EPROTO, "malformed netlink message")
-                payload = data[at + _HEADER.size:at + length]
-                at += (length + 3) & ~3
+            for kind, msg_seq, payload in _messages(self.sock.recv(_RECV_SIZE)):
                 if msg_seq != seq:
                     continue      # a late answer to an earlier request (one that raised)
                 if kind == NLMSG_DONE:
@@ -170,6 +195,17 @@ class Socket:
                 bodies.append(payload)
                 if not flags & NLM_F_DUMP and not flags & NLM_F_ACK:
                     return bodies
+
+
+def _messages(data: bytes):
+    """(type, sequence number, payload) of each netlink message in one datagram."""
+    at = 0
+    while at + _HEADER.size <= len(data):
+        length, kind, _, seq, _ = _HEADER.unpack_from(data, at)
+        if length < _HEADER.size:
+            raise KernelError(errno.EPROTO, "malformed netlink message")
+        yield kind, seq, data[at + _HEADER.size:at + length]
+        at += (length + 3) & ~3
 
 
 # ---- messages podplumb reads --------------------------------------------------------------------

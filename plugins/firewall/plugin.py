@@ -79,13 +79,12 @@ def _isolate(network: str, bridge: str):
     chain = isolation_chain(network)
 
     def add(script: nftables.Script):
-        t = f"{script.family} {script.table}"
-        script.lines.append(f"add set {t} {ISOLATED_SET} {{ type ifname; }}")
+        script.add_set(ISOLATED_SET, "ifname")
         script.add_chain(chain)
         script.flush_chain(chain)
         script.add_rule(chain, f'oifname != "{bridge}" oifname @{ISOLATED_SET} drop', f"isolation {bridge}")
-        script.lines.append(f'add element {t} {ISOLATED_SET} {{ "{bridge}" }}')
-        script.lines.append(f'add element {t} isolated_in {{ "{bridge}" : jump {chain} }}')
+        script.add_element(ISOLATED_SET, f'"{bridge}"')
+        script.add_element("isolated_in", f'"{bridge}"', chain)
     return add
 
 
@@ -152,14 +151,13 @@ def gc(request: skel.Request) -> None:
         if chain not in listing.chains or any(c.startswith(pods) for c in listing.chains):
             return
         script = table.script()
-        t = f"{script.family} {script.table}"
         for rule in listing.in_chain(chain):
             words = rule.comment.split()
             if len(words) == 2 and words[0] == "isolation" and _SAFE_IFNAME.fullmatch(words[1]):
-                script.lines.append(f'delete element {t} isolated_in {{ "{words[1]}" }}')
-                script.lines.append(f'delete element {t} {ISOLATED_SET} {{ "{words[1]}" }}')
+                script.delete_element("isolated_in", f'"{words[1]}"')
+                script.delete_element(ISOLATED_SET, f'"{words[1]}"')
         script.flush_chain(chain)
-        script.lines.append(f"delete chain {t} {chain}")
+        script.delete_chain(chain)
         table.apply(script)
 
 

@@ -88,8 +88,7 @@ def _write(config, tag, chain, wanted, snat, elements, localnet_ifname, old, hel
     for port in sorted(keep):
         if held[port] is None:
             script.create_chain(port) if fresh else script.add_chain(port)
-            script.lines.append(f"add element {TABLE.family} {TABLE.name} ports "
-                                f"{{ {rules.port_key(port)} : jump {port} }}")
+            script.add_element("ports", rules.port_key(port), port)
     for w in wanted:
         if w.claim:
             script.add_rule(w.chain, w.text, nftables.comment(tag, *w.words))
@@ -101,7 +100,7 @@ def _write(config, tag, chain, wanted, snat, elements, localnet_ifname, old, hel
         script.add_chain(guard)
         script.flush_chain(guard)
         script.add_rule(guard, rules.guard_rule())
-        script.lines.append(f'add element {TABLE.family} {TABLE.name} guards {{ "{localnet_ifname}" : jump {guard} }}')
+        script.add_element("guards", f'"{localnet_ifname}"', guard)
     ATTACHMENTS.add(script, chain, tag, snat, elements, notes, fresh=fresh)
     _apply(script, config)
 
@@ -124,9 +123,9 @@ def _drop_claims(script, held: dict, tags: set, keep=frozenset()):
             continue
         doomed = [r for r in listed if r.tag in tags]
         if len(doomed) == len(listed) and port not in keep:
-            script.lines.append(f"delete element {TABLE.family} {TABLE.name} ports {{ {rules.port_key(port)} }}")
+            script.delete_element("ports", rules.port_key(port))
             script.flush_chain(port)
-            script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {port}")
+            script.delete_chain(port)
         else:
             for rule in doomed:
                 script.delete_rule(rule)
@@ -280,10 +279,10 @@ def _release_script(script: nftables.Script, chain: str):
     """Delete the guard of the interface an ln-<hex> chain stands for, and the chain."""
     ifname = rules.localnet_interface(chain)
     guard = rules.guard_chain(ifname)
-    script.lines.append(f'delete element {TABLE.family} {TABLE.name} guards {{ "{ifname}" }}')
+    script.delete_element("guards", f'"{ifname}"')
     script.flush_chain(guard)
-    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {guard}")
-    script.lines.append(f"delete chain {TABLE.family} {TABLE.name} {chain}")
+    script.delete_chain(guard)
+    script.delete_chain(chain)
 
 
 def _release_localnet(chain: str):

@@ -301,13 +301,14 @@ def test_attachments_with_concatenated_keys(scratch_ns):
     assert out == [[["ports", "tcp . 8080"], ["ports", "udp . 53"]], True, None, None]
 
 
-@pytest.mark.parametrize("backend", ["libnftables", "exec"])
-def test_both_ways_of_running_nft_do_the_same(scratch_ns, backend):
-    """libnftables in the process, or `nft` exec'd when the library is missing (PODPLUMB_NFT=exec)."""
+@pytest.mark.parametrize("backend", ["netlink", "library", "exec"])
+def test_every_way_of_running_a_transaction_does_the_same(scratch_ns, backend):
+    """nf_tables messages of our own (the default), libnftables in the process (PODPLUMB_NFT=library),
+    or `nft` exec'd (PODPLUMB_NFT=exec, and when the library is missing)."""
     out = _in_netns(scratch_ns, f"""
         import os
-        if {backend!r} == "exec":
-            os.environ["PODPLUMB_NFT"] = "exec"
+        if {backend!r} != "netlink":
+            os.environ["PODPLUMB_NFT"] = {backend!r}
         steps = [nft._library() is None]
         nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.5/24"])
         nft.ensure_masquerade("net1", "c1", "eth0", ["10.1.0.6/24"])                  # a repeated ADD
