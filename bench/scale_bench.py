@@ -14,6 +14,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -25,6 +26,8 @@ from podplumb import netns, runtime
 from podplumb.install import install
 
 PER_CROWD = 100           # interfaces per namespace of the other pods
+# The daemon's log line for each call (podplumb/worker.py), for the measured pods' containers (s<hex>).
+_CALL_LOG = re.compile(r"call \d+: (\S+) (\S+) container=s[0-9a-f]+ ifname=\S+ -> exit 0 in ([0-9.]+)s")
 SCALE_TARGET = 1.1        # N pods / no pod, for our flavors
 
 
@@ -94,6 +97,8 @@ class Inside:
         self.crowds = [netns.path(c) for c in spec["crowds"]]
         self.workdir = spec["workdir"]
         self.figures = {}           # (flavor, pods) -> seconds
+        self.calls = {}             # pods -> {"plugin COMMAND": median seconds in the daemon}
+        self.daemon_log = os.path.join(self.workdir, "daemon.log")
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -129,11 +134,23 @@ class Inside:
     def _measure(self, nets: dict, pods: int):
         log(f"cycles with {pods} other pods ({self.args.runs} runs)")
         samples = {name: [] for name in nets}
+        log_start = os.path.getsize(self.daemon_log)
         for _ in range(self.args.runs):
             for i, (name, net) in enumerate(nets.items()):     # flavors alternate
                 samples[name].append(net.cycle(self.pods[i]))
         for name, values in samples.items():
             self.figures[(name, pods)] = statistics.median(values)
+        self.calls[pods] = self._daemon_calls(log_start)
+
+    def _daemon_calls(self, since: int) -> dict:
+        """Median time of each plugin call inside the daemon, from its log since offset `since`."""
+        with open(self.daemon_log, errors="replace") as f:
+            f.seek(since)
+            found = _CALL_LOG.findall(f.read())
+        times = {}
+        for plugin, command, seconds in found:
+            times.setdefault(f"{plugin} {command}", []).append(float(seconds))
+        return {call: statistics.median(values) for call, values in times.items()}
 
     def _crowd(self, net: Network, namespaces: list, command: str):
         """Attach (ADD) or detach (DEL) the other pods, `parallel` at a time; DEL is best effort."""
@@ -164,6 +181,9 @@ class Inside:
             empty, full = self.figures[(flavor, 0)], self.figures[(flavor, n)]
             versus = full / self.figures[("reference", n)]
             print(f"{flavor:<12}{empty * 1000:>14.1f}{full * 1000:>16.1f}{full / empty:>9.2f}{versus:>14.2f}")
+        print(f"\nthe daemon's time in each call (its log), median ms: no other pod -> {n} other pods")
+        for call in sorted(self.calls[n]):
+            print(f"  {call:<22}{self.calls[0].get(call, 0) * 1000:>7.1f} ->{self.calls[n][call] * 1000:>7.1f}")
         print(f"\ntarget: ours with {n} pods <= {SCALE_TARGET}x ours with none:")
         for flavor in ("standalone", "daemon"):
             growth = self.figures[(flavor, n)] / self.figures[(flavor, 0)]
