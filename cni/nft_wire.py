@@ -21,7 +21,7 @@ from cni import rtnl
 NFNL_SUBSYS_NFTABLES = 10
 BATCH_BEGIN, BATCH_END = 0x10, 0x11
 NLM_F_APPEND = 0x800
-(NEWTABLE, _, DELTABLE, NEWCHAIN, _, DELCHAIN, NEWRULE, _, DELRULE, NEWSET, _, _, NEWSETELEM, _,
+(NEWTABLE, _, DELTABLE, NEWCHAIN, _, DELCHAIN, NEWRULE, _, DELRULE, NEWSET, _, _, NEWSETELEM, GETSETELEM,
  DELSETELEM) = ((NFNL_SUBSYS_NFTABLES << 8) | i for i in range(15))
 FAMILY, NFPROTO_INET = "inet", 1          # the one family encoded here
 _NFGENMSG = struct.Struct("=BBH")
@@ -110,9 +110,8 @@ def encode(table: str, command: tuple) -> list[tuple[int, int, bytes]]:
         return [_map(table, *args)]
     if verb in ("add element", "delete element"):
         map_name, key, chain = args
-        element = rtnl.nested(1, _data(1, element_key(key)), *([_verdict(2, "jump", chain)] if chain else ()))
         kind, flags = (NEWSETELEM, create) if verb == "add element" else (DELSETELEM, 0)
-        return [message(kind, flags, table, rtnl.string(2, map_name), rtnl.nested(3, element))]
+        return [message(kind, flags, table, *element_list(map_name, key, chain))]
     raise Unsupported(verb)
 
 
@@ -136,6 +135,19 @@ def comment_userdata(text: str) -> bytes:
     if len(raw) > 255:
         raise Unsupported("comment too long")
     return bytes([0, len(raw)]) + raw
+
+
+def element_list(map_name: str, key: str, jump: str | None = None) -> tuple[bytes, bytes]:
+    """The set name and element list attributes naming one element (jumping to chain `jump`)."""
+    element = rtnl.nested(1, _data(1, element_key(key)), *([_verdict(2, "jump", jump)] if jump else ()))
+    return rtnl.string(2, map_name), rtnl.nested(3, element)
+
+
+def element_jump(attrs: dict) -> str | None:
+    """The chain the one element of a get-element answer jumps to."""
+    element = rtnl.parse(rtnl.parse(attrs.get(3, b"")).get(1, b""))
+    verdict = rtnl.parse(rtnl.parse(element.get(2, b"")).get(2, b""))
+    return rtnl.as_string(verdict.get(2)) or None
 
 
 def element_key(key: str) -> bytes:

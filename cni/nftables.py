@@ -775,9 +775,14 @@ class Attachments:
 
     def holder(self, map_name: str, key: str) -> str | None:
         """The chain an element of `map_name` jumps to, None when there is no such element."""
-        code, out, _ = run(f"get element {self.table.family} {self.table.name} {map_name} {{ {key} }}")
-        found = _VERDICT.search(out) if code == 0 else None   # nft 1.0 prints no JSON here
-        return found.group(1) if found else None
+        try:
+            request = b"".join(nft_wire.element_list(map_name, key))
+        except nft_wire.Unsupported:
+            code, out, _ = run(f"get element {self.table.family} {self.table.name} {map_name} {{ {key} }}")
+            found = _VERDICT.search(out) if code == 0 else None   # nft 1.0 prints no JSON here
+            return found.group(1) if found else None
+        found = _nf_request(nft_wire.GETSETELEM, self.table.family, self.table.name, request)
+        return nft_wire.element_jump(found[0]) if found else None
 
     def gc(self, network: str, valid: set) -> list[Attached]:
         """Remove `network`'s attachment chains whose (container ID, ifname) is not in `valid`; drop

@@ -128,6 +128,30 @@ def test_objects_list_as_nft_makes_them(ns):
     assert listed[0] == listed[1]
 
 
+def test_an_element_is_asked_for_alone(ns):
+    """Which chain a map element jumps to, asked of the kernel for that element, whatever its key type
+    (the bridge family's macspoofchk map too)."""
+    kernel.sh("nft", "-f", "-", ns=ns, input=SETUP + textwrap.dedent("""\
+        add element inet t ports { tcp . 8080 : jump hostports }
+        add element inet t saddr4 { 10.1.0.5 : jump by-nft }
+        add element inet t saddr6 { fd00::5 : jump by-us }
+        add element inet t guards { "eth0" : jump hostports }
+        add table bridge b
+        add map bridge b ports { type ifname : verdict; }
+        add chain bridge b c
+        add element bridge b ports { veth1234 : jump c }
+        """))
+    out = _run(ns, """
+        inet = nftables.Attachments(nftables.Table("t"), {})
+        bridge = nftables.Attachments(nftables.Table("b", family="bridge"), {})
+        print(json.dumps([inet.holder("ports", "tcp . 8080"), inet.holder("ports", "udp . 8080"),
+                          inet.holder("saddr4", "10.1.0.5"), inet.holder("saddr6", "fd00::5"),
+                          inet.holder("guards", '"eth0"'), inet.holder("guards", '"eth1"'),
+                          inet.holder("nomap", "10.1.0.5"), bridge.holder("ports", "veth1234")]))
+    """)
+    assert out == ["hostports", None, "by-nft", "by-us", "hostports", None, None, "c"]
+
+
 def test_a_refused_command_fails_the_whole_transaction_in_nfts_words(ns):
     out = _run(ns, """
         table = nftables.Table("t")
