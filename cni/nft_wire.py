@@ -4,9 +4,10 @@
 adds a rule, deletes a chain or touches a map element, so a transaction's cost grows with the
 node. Sending the transaction's messages ourselves costs the same whatever the node holds.
 
-Only what podplumb writes is encoded here, in the `inet` family: tables, verdict maps, chains,
-elements, and the rule texts its plugins build (see `rule_expressions` for the grammar). A command
-outside that returns None from `encode`, and the caller hands the whole script to nft instead. The
+Only what podplumb writes is encoded here, in the `inet` and `bridge` families: tables, verdict
+maps, chains, elements, and the rule texts its plugins build (see `rule_expressions` for the
+grammar). For anything else `encode` raises Unsupported, and the caller hands the whole script to
+nft instead. The
 bytes are those nft 1.0.6 sends for the same text (dependencies, byte-aligned prefixes, registers),
 so `nft list` prints our rules as it prints its own: tests/netns/test_nft_wire.py compares the two
 in the kernel. Pure encoding: sending is cni.nftables' job.
@@ -23,7 +24,7 @@ BATCH_BEGIN, BATCH_END = 0x10, 0x11
 NLM_F_APPEND = 0x800
 (NEWTABLE, _, DELTABLE, NEWCHAIN, _, DELCHAIN, NEWRULE, _, DELRULE, NEWSET, _, _, NEWSETELEM, GETSETELEM,
  DELSETELEM) = ((NFNL_SUBSYS_NFTABLES << 8) | i for i in range(15))
-FAMILY, NFPROTO_INET = "inet", 1          # the one family encoded here
+FAMILIES = {"inet": 1, "bridge": 7}      # the families encoded here (NFPROTO_*)
 _NFGENMSG = struct.Struct("=BBH")
 
 _HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
@@ -32,7 +33,7 @@ _L4 = {"tcp": 6, "udp": 17, "sctp": 132}
 _NFPROTO = {"ipv4": 2, "ipv6": 10}
 _IP_HEADERS = {"ip": ("ipv4", 4, {"saddr": 12, "daddr": 16}), "ip6": ("ipv6", 16, {"saddr": 8, "daddr": 24})}
 _REG_VERDICT, _REG_1, _REG_2, _REG32_01 = 0, 1, 2, 9
-_BASE_NETWORK, _BASE_TRANSPORT = 1, 2
+_BASE_LINK, _BASE_NETWORK, _BASE_TRANSPORT = 0, 1, 2
 _META_IIFNAME, _META_NFPROTO, _META_L4PROTO = 6, 15, 16
 _CMP_EQ, _CMP_NEQ = 0, 1
 _CT_STATUS, _IPS_DST_NAT = 2, 0x20
@@ -72,46 +73,51 @@ def _verdict(kind: int, verdict: str, chain: str | None = None) -> bytes:
 
 # ---- messages -----------------------------------------------------------------------------------
 
-def message(kind: int, flags: int, table: str, *attrs: bytes) -> tuple[int, int, bytes]:
-    """(netlink type, flags, body) of one nf_tables message in the inet family."""
-    return kind, flags, _NFGENMSG.pack(NFPROTO_INET, 0, 0) + rtnl.string(1, table) + b"".join(attrs)
+def _message(kind: int, flags: int, family: str, table: str, *attrs: bytes) -> tuple[int, int, bytes]:
+    """(netlink type, flags, body) of one nf_tables message."""
+    return kind, flags, _NFGENMSG.pack(FAMILIES[family], 0, 0) + rtnl.string(1, table) + b"".join(attrs)
 
 
 def batch_edge(kind: int) -> tuple[int, int, bytes]:
     return kind, 0, struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
 
 
-def encode(table: str, command: tuple) -> list[tuple[int, int, bytes]]:
+def encode(family: str, table: str, command: tuple) -> list[tuple[int, int, bytes]]:
     """The messages of one script command (see `cni.nftables.Script`); Unsupported when nft must do it."""
+    if family not in FAMILIES:
+        raise Unsupported(f"family {family}")
     verb, *args = command
     create = rtnl.NLM_F_CREATE
+
+    def message(kind, flags, *attrs):
+        return _message(kind, flags, family, table, *attrs)
     if verb == "add table":
-        return [message(NEWTABLE, create, table)]
+        return [message(NEWTABLE, create)]
     if verb == "delete table":
-        return [message(DELTABLE, 0, table)]
+        return [message(DELTABLE, 0)]
     if verb in ("add chain", "create chain"):
         name, base = args
         flags = create | (rtnl.NLM_F_EXCL if verb == "create chain" else 0)
-        return [message(NEWCHAIN, flags, table, rtnl.string(3, name), *(_hook(base) if base else ()))]
+        return [message(NEWCHAIN, flags, rtnl.string(3, name), *(_hook(base) if base else ()))]
     if verb == "delete chain":
-        return [message(DELCHAIN, 0, table, rtnl.string(3, args[0]))]
+        return [message(DELCHAIN, 0, rtnl.string(3, args[0]))]
     if verb == "flush chain":
-        return [message(DELRULE, 0, table, rtnl.string(2, args[0]))]
+        return [message(DELRULE, 0, rtnl.string(2, args[0]))]
     if verb == "add rule":
         chain, text, rule_comment = args
-        attrs = [rtnl.string(2, chain), rtnl.nested(4, *rule_expressions(text))]
+        attrs = [rtnl.string(2, chain), rtnl.nested(4, *rule_expressions(text, family))]
         if rule_comment:
             attrs.append(rtnl.attr(7, comment_userdata(rule_comment)))
-        return [message(NEWRULE, create | NLM_F_APPEND, table, *attrs)]
+        return [message(NEWRULE, create | NLM_F_APPEND, *attrs)]
     if verb == "delete rule":
         chain, handle = args
-        return [message(DELRULE, 0, table, rtnl.string(2, chain), rtnl.attr(3, struct.pack(">Q", handle)))]
+        return [message(DELRULE, 0, rtnl.string(2, chain), rtnl.attr(3, struct.pack(">Q", handle)))]
     if verb == "add map":
-        return [_map(table, *args)]
+        return [message(NEWSET, create, *_map(*args))]
     if verb in ("add element", "delete element"):
         map_name, key, chain = args
         kind, flags = (NEWSETELEM, create) if verb == "add element" else (DELSETELEM, 0)
-        return [message(kind, flags, table, *element_list(map_name, key, chain))]
+        return [message(kind, flags, *element_list(map_name, key, chain))]
     raise Unsupported(verb)
 
 
@@ -120,13 +126,13 @@ def _hook(base) -> list[bytes]:
     return [hook, be32(5, _VERDICTS["accept"]), rtnl.string(7, base.type)]
 
 
-def _map(table: str, name: str, key_type: str) -> tuple[int, int, bytes]:
+def _map(name: str, key_type: str) -> list[bytes]:
+    """The attributes of a verdict map."""
     if key_type not in _MAP_KEYS:
         raise Unsupported(f"map key type {key_type}")
     type_id, length, userdata = _MAP_KEYS[key_type]
-    return message(NEWSET, rtnl.NLM_F_CREATE, table, rtnl.string(2, name), be32(3, _SET_MAP), be32(4, type_id),
-                   be32(5, length), be32(6, _DATA_VERDICT), be32(7, _VERDICT_LEN), be32(10, 1),
-                   rtnl.attr(13, userdata))
+    return [rtnl.string(2, name), be32(3, _SET_MAP), be32(4, type_id), be32(5, length), be32(6, _DATA_VERDICT),
+            be32(7, _VERDICT_LEN), be32(10, 1), rtnl.attr(13, userdata)]
 
 
 def comment_userdata(text: str) -> bytes:
@@ -203,11 +209,16 @@ def _lookup(map_name: str) -> bytes:
     return _expr("lookup", rtnl.string(1, map_name), be32(2, _REG_1), be32(3, _REG_VERDICT))
 
 
-class _Rule:
-    """Reads one rule text word by word into expressions, adding the dependencies nft adds: `meta
-    nfproto` before the first match on an ip/ip6 header, `meta l4proto` before a port match."""
+_BRIDGE_WORDS = {"ether", "iifname", "jump", "goto", *_VERDICTS}     # what a bridge-family rule may hold
 
-    def __init__(self, text: str):
+
+class _Rule:
+    """Reads one rule text word by word into expressions, adding the dependencies nft adds in the
+    inet family: `meta nfproto` before the first match on an ip/ip6 header, `meta l4proto` before a
+    port match."""
+
+    def __init__(self, text: str, family: str):
+        self.family = family
         self.words = text.split()
         self.at = 0
         self.out: list[bytes] = []
@@ -227,7 +238,7 @@ class _Rule:
             if self.next() != word:
                 raise Unsupported(f"expected {word}")
 
-    def family(self, nfproto: str):
+    def depend_on(self, nfproto: str):
         if self.nfproto != nfproto:
             self.out += [_meta(_META_NFPROTO), _cmp(_CMP_EQ, bytes([_NFPROTO[nfproto]]))]
             self.nfproto = nfproto
@@ -235,12 +246,16 @@ class _Rule:
     def compile(self) -> list[bytes]:
         while self.at < len(self.words):
             word = self.next()
+            if word not in _BRIDGE_WORDS if self.family == "bridge" else word == "ether":
+                raise Unsupported(f"{word} in the {self.family} family")
             if word == "meta":
                 self.meta()
             elif word in _IP_HEADERS:
                 self.address(word)
             elif word in _L4:
                 self.port(word)
+            elif word == "ether":
+                self.ether()
             elif word == "iifname":
                 self.expect("vmap")
                 self.out += [_meta(_META_IIFNAME), _lookup(self.map_name())]
@@ -267,7 +282,7 @@ class _Rule:
     def meta(self):
         word = self.next()
         if word == "nfproto" and self.peek() in _NFPROTO:
-            self.family(self.next())
+            self.depend_on(self.next())
         elif word == "l4proto" and self.peek(0) == "." and self.peek(1) == "th" and self.peek(2) == "dport":
             self.expect(".", "th", "dport", "vmap")
             self.out += [_meta(_META_L4PROTO), _payload(_BASE_TRANSPORT, 2, 2, _REG32_01), _lookup(self.map_name())]
@@ -285,7 +300,7 @@ class _Rule:
         field = self.next()
         if field not in offsets:
             raise Unsupported(f"{proto} {field}")
-        self.family(nfproto)
+        self.depend_on(nfproto)
         if self.peek() == "vmap":
             self.next()
             self.out += [_payload(_BASE_NETWORK, offsets[field], size), _lookup(self.map_name())]
@@ -306,6 +321,20 @@ class _Rule:
         else:
             mask = network.netmask.packed
             self.out += [_payload(_BASE_NETWORK, offsets[field], size), _bitwise(size, mask), _cmp(op, packed)]
+
+    def ether(self):
+        offset = {"daddr": 0, "saddr": 6}.get(self.next())
+        op = _CMP_EQ
+        if self.peek() == "!=":
+            self.next()
+            op = _CMP_NEQ
+        try:
+            mac = bytes.fromhex(self.next().replace(":", ""))
+        except ValueError:
+            raise Unsupported("ether address") from None
+        if offset is None or len(mac) != 6:
+            raise Unsupported("ether match")
+        self.out += [_payload(_BASE_LINK, offset, 6), _cmp(op, mac)]
 
     def port(self, protocol: str):
         self.expect("dport")
@@ -339,10 +368,11 @@ class _Rule:
                            be32(5, _REG_2), be32(7, _NAT_PROTO_SPECIFIED))]
 
 
-def rule_expressions(text: str) -> list[bytes]:
-    """The expressions of a rule text in podplumb's grammar, in the inet family: matches `meta
+def rule_expressions(text: str, family: str = "inet") -> list[bytes]:
+    """The expressions of a rule text in podplumb's grammar. In the inet family: matches `meta
     nfproto ipv4|ipv6`, `ip|ip6 saddr|daddr [!=] <address or prefix>`, `tcp|udp|sctp dport <n>`,
     `ct status dnat`, `fib daddr type local`; lookups `ip|ip6 saddr|daddr vmap @m`, `iifname vmap
     @m`, `meta l4proto . th dport vmap @m`; statements `masquerade`, `dnat ip to A:P`, `dnat ip6 to
-    [A]:P`, and the verdicts. Unsupported for anything else."""
-    return _Rule(text).compile()
+    [A]:P`, and the verdicts. In the bridge family: `ether saddr|daddr [!=] <MAC>`, `iifname vmap @m`
+    and the verdicts. Unsupported for anything else."""
+    return _Rule(text, family).compile()

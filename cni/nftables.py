@@ -205,10 +205,8 @@ class Script:
 
     def messages(self) -> list | None:
         """The transaction as nf_tables messages, None when nft must run it."""
-        if self.family != nft_wire.FAMILY:
-            return None
         try:
-            return [m for command in self.commands for m in nft_wire.encode(self.table, command)]
+            return [m for command in self.commands for m in nft_wire.encode(self.family, self.table, command)]
         except nft_wire.Unsupported:
             return None
 
@@ -472,7 +470,7 @@ def _transaction(script: Script, messages: list):
 def _refused_command(script: Script, index: int) -> str:
     """The script line a message (by its index among the script's messages) came from."""
     for command in script.commands:
-        count = len(nft_wire.encode(script.table, command))
+        count = len(nft_wire.encode(script.family, script.table, command))
         if index < count:
             return script.line(*command)
         index -= count

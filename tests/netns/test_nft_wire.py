@@ -32,6 +32,8 @@ RULES = [
     "meta nfproto ipv6 ip6 saddr fd00::/64 ip6 daddr fd00::5 tcp dport 80 ct status dnat masquerade",
     "ip daddr 127.0.0.0/8 drop",
 ]
+BRIDGE_RULES = ["ether saddr != 0a:58:0a:01:00:05 drop", "ether daddr 02:00:00:00:00:01 accept",
+                "iifname vmap @ports", "return", "jump by-nft"]
 SETUP = """\
 add table inet t
 add map inet t ports { type inet_proto . inet_service : verdict; }
@@ -56,27 +58,30 @@ def ns(netns):
     return netns("ppwire")
 
 
-def test_every_rule_reaches_the_kernel_as_nft_sends_it(ns):
-    kernel.sh("nft", "-f", "-", ns=ns, input=SETUP)
-    for text in RULES:
-        kernel.sh("nft", "add", "rule", "inet", "t", "by-nft", text, "comment", f'"{text[:40]}"', ns=ns)
+@pytest.mark.parametrize("family, rules", [("inet", RULES), ("bridge", BRIDGE_RULES)])
+def test_every_rule_reaches_the_kernel_as_nft_sends_it(ns, family, rules):
+    setup = SETUP if family == "inet" else SETUP.replace("inet t", "bridge t").replace(
+        "inet_proto . inet_service", "ifname")
+    kernel.sh("nft", "-f", "-", ns=ns, input=setup)
+    for text in rules:
+        kernel.sh("nft", "add", "rule", family, "t", "by-nft", text, "comment", f'"{text[:40]}"', ns=ns)
     out = _run(ns, f"""
-        table = nftables.Table("t")
+        table = nftables.Table("t", family={family!r})
         script = table.script()
-        for text in {RULES!r}:
+        for text in {rules!r}:
             script.add_rule("by-us", text, text[:40])
         assert script.messages() is not None
         table.apply(script)
         dumped = {{}}
         for chain in ("by-nft", "by-us"):
-            attrs = nftables._nf_request(nftables._GETRULE, "inet", "t", nftables.rtnl.string(2, chain), dump=True)
+            attrs = nftables._nf_request(nftables._GETRULE, {family!r}, "t", nftables.rtnl.string(2, chain), dump=True)
             dumped[chain] = [[a[4].hex(), a[7].hex()] for a in attrs]      # expressions, user data
         print(json.dumps(dumped))
     """)
-    assert len(out["by-us"]) == len(RULES)
-    for text, ours, theirs in zip(RULES, out["by-us"], out["by-nft"]):
+    assert len(out["by-us"]) == len(rules)
+    for text, ours, theirs in zip(rules, out["by-us"], out["by-nft"]):
         assert ours == theirs, text
-    listed = {chain: [line.strip() for line in kernel.sh("nft", "list", "chain", "inet", "t", chain, ns=ns)
+    listed = {chain: [line.strip() for line in kernel.sh("nft", "list", "chain", family, "t", chain, ns=ns)
                       .stdout.splitlines()[2:-2]] for chain in ("by-nft", "by-us")}
     assert listed["by-us"] == listed["by-nft"]
 
@@ -177,3 +182,15 @@ def test_a_refused_command_fails_the_whole_transaction_in_nfts_words(ns):
 def test_what_it_does_not_know_is_left_to_nft(text):
     with pytest.raises(nft_wire.Unsupported):
         nft_wire.rule_expressions(text)
+
+
+@pytest.mark.parametrize("text", ["ip saddr 10.0.0.1 drop", "tcp dport 80 accept", "masquerade", "ether saddr 0a:00 drop"])
+def test_the_bridge_family_takes_only_ether_matches_lookups_and_verdicts(text):
+    with pytest.raises(nft_wire.Unsupported):
+        nft_wire.rule_expressions(text, "bridge")
+
+
+def test_other_families_are_left_to_nft():
+    with pytest.raises(nft_wire.Unsupported):
+        nft_wire.encode("ip", "t", ("add table",))
+
