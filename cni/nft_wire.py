@@ -7,10 +7,9 @@ node. Sending the transaction's messages ourselves costs the same whatever the n
 Only what podplumb writes is encoded here, in the `inet` and `bridge` families: tables, verdict
 maps, chains, elements, and the rule texts its plugins build (see `rule_expressions` for the
 grammar). For anything else `encode` raises Unsupported, and the caller hands the whole script to
-nft instead. The
-bytes are those nft 1.0.6 sends for the same text (dependencies, byte-aligned prefixes, registers),
-so `nft list` prints our rules as it prints its own: tests/netns/test_nft_wire.py compares the two
-in the kernel. Pure encoding: sending is cni.nftables' job.
+nft instead. The bytes are those nft 1.0.6 sends for the same text (dependencies, byte-aligned
+prefixes, registers), so `nft list` prints our rules as it prints its own: tests/netns/test_nft_wire.py
+compares the two in the kernel. Pure encoding: sending is cni.nftables' job.
 """
 
 import ipaddress
