@@ -50,7 +50,6 @@ EXEC_TIMEOUT = 30
 _TAG = re.compile(r"^pp:([0-9a-f]{8}):([0-9a-f]{16})$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@\-]")
 _VERDICT = re.compile(r": (?:jump|goto) ([A-Za-z0-9_.\-]+)")
-EXISTS_OR_GONE = re.compile(r"File exists|No such file or directory|Device or resource busy")
 
 
 # ---- tags ---------------------------------------------------------------------------------------
@@ -258,6 +257,25 @@ class NftError(CNIError):
     def __init__(self, msg: str, stderr: str):
         super().__init__(KERNEL_FAILURE, msg, stderr.strip())
         self.stderr = stderr
+
+    @property
+    def exists(self) -> bool:
+        """An object the transaction creates (a chain, a map key) is there already."""
+        return "File exists" in self.stderr
+
+    @property
+    def missing(self) -> bool:
+        return "No such file or directory" in self.stderr
+
+    @property
+    def busy(self) -> bool:
+        """A chain the transaction deletes is still referred to."""
+        return "Device or resource busy" in self.stderr
+
+    @property
+    def stale(self) -> bool:
+        """The transaction assumed a state the table is no longer in: read it again and retry."""
+        return self.exists or self.missing or self.busy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -734,7 +752,7 @@ class Attachments:
                 self.table.apply(script(None, fresh=True))
                 return
             except NftError as e:
-                if not EXISTS_OR_GONE.search(e.stderr):
+                if not e.stale:
                     raise
             self._apply_tolerating_lost_elements(script, self.read(chain))
 
@@ -753,7 +771,7 @@ class Attachments:
         try:
             self.table.apply(make_script(old))
         except NftError as e:
-            if not old or not old.elements or "No such file or directory" not in e.stderr:
+            if not old or not old.elements or not e.missing:
                 raise
             still = tuple(e for e in old.elements if self.holder(*e) == old.chain)
             self.table.apply(make_script(dataclasses.replace(old, elements=still)))
@@ -893,7 +911,7 @@ def ensure_masquerade(network: str, container_id: str, ifname: str, addresses: l
     try:
         MASQ.replace(network, container_id, ifname, wanted, elements)
     except NftError as e:
-        if "File exists" not in e.stderr:
+        if not e.exists:
             raise
         MASQ.take_over(elements, MASQ.chain_name(network, container_id, ifname))
         MASQ.replace(network, container_id, ifname, wanted, elements)

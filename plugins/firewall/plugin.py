@@ -101,7 +101,7 @@ def add(request: skel.Request) -> dict:
     try:
         FIREWALL.replace(request.network, request.container_id, request.ifname, rules, elements, shared)
     except nftables.NftError as e:
-        if "File exists" in e.stderr:
+        if e.exists:
             raise CNIError(e.code, "firewall: a pod address is already in use by another attachment",
                            e.details) from None
         raise

@@ -33,7 +33,7 @@ def add(request: skel.Request) -> dict:
         try:
             _write_fresh(config, tag, chain, wanted, snat, elements, localnet_ifname)
         except nftables.NftError as e:
-            if not nftables.EXISTS_OR_GONE.search(e.stderr):
+            if not e.stale:
                 _raise_config_error(e, config)
                 raise
             _replace(request, config, tag, chain, wanted, snat, elements, localnet_ifname)
@@ -71,7 +71,7 @@ def _replace(request, config, tag, chain, wanted, snat, elements, localnet_ifnam
     try:
         write()
     except nftables.NftError as e:
-        if "File exists" not in e.stderr:
+        if not e.exists:
             raise
         ATTACHMENTS.take_over(elements, chain)     # a stale attachment holds the address
         write()
@@ -153,7 +153,7 @@ def delete(request: skel.Request) -> None:
             try:
                 TABLE.apply(script(last))
             except nftables.NftError as e:
-                if not (last and nftables.EXISTS_OR_GONE.search(e.stderr)):
+                if not (last and e.stale):
                     raise
                 TABLE.apply(script([]))
                 for note in last:
@@ -296,7 +296,7 @@ def _release_localnet(chain: str):
     try:
         TABLE.apply(script)
     except nftables.NftError as e:
-        if "Device or resource busy" in e.stderr or "No such file or directory" in e.stderr:
+        if e.busy or e.missing:
             return     # still in use, or released already
         raise
     localnet.reset(ifname)
