@@ -58,7 +58,7 @@ class Allocation:
         self.container_id = container_id
         self.ifname = ifname
         self.undo = undo
-        self.leases = store.leases()
+        self.held = [lease for lease in store.leases_of(container_id) if lease.held_by(container_id, ifname)]
         self._restorable: set[int] = set()   # range sets whose last_reserved_ip the undo restores
 
     def get(self, range_set: RangeSet, requested: Address | None) -> dict:
@@ -67,8 +67,7 @@ class Allocation:
         An attachment that already holds an address in the set gets that address again: a runtime
         that retries an ADD (after a timeout, say) expects the same answer, not an error as the
         reference gives, and certainly not a second address."""
-        held = [lease.address for lease in self.leases
-                if lease.held_by(self.container_id, self.ifname) and range_set.range_for(lease.address)]
+        held = [lease.address for lease in self.held if range_set.range_for(lease.address)]
         if requested is not None:
             self._take_requested(range_set, requested, held)
             return _ip_config(range_set, requested)
@@ -86,21 +85,20 @@ class Allocation:
         reason = range_set.range_for(requested).why_not_allocatable(requested)
         if reason:
             raise CNIError(ADDRESS_IN_USE, f"requested IP {requested} is {reason}")
-        holder = next((lease for lease in self.leases if lease.address == requested), None)
+        holder = self.store.lease(requested)
         if holder or not self._reserve(range_set, requested):
             raise CNIError(ADDRESS_IN_USE, f"requested IP {requested} is already held by "
                            f"{holder.holder() if holder else 'another container'}")
 
     def _take_next_free(self, range_set: RangeSet) -> Address:
-        size = range_set.size()
-        if leased_count(range_set, self.leases) < size:
-            taken = {lease.address for lease in self.leases}
-            for r, value in candidates(range_set, self._last_reserved(range_set.index)):
-                address = r.address(value)
-                if address not in taken and self._reserve(range_set, address):
-                    return address
+        """The first free candidate. The leases are not counted first: a free one comes within
+        (leases + 1) candidates, and a full set has no more candidates than leases."""
+        for r, value in candidates(range_set, self._last_reserved(range_set.index)):
+            address = r.address(value)
+            if not self.store.taken(address) and self._reserve(range_set, address):
+                return address
         raise CNIError(ADDRESS_EXHAUSTED, f"no free address in range set {range_set.index} ({range_set})",
-                       f"all {size} addresses are leased")
+                       f"all {range_set.size()} addresses are leased")
 
     def _last_reserved(self, index: int) -> Address | None:
         text = self.store.read_last_reserved(index)

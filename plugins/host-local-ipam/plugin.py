@@ -32,11 +32,9 @@ def delete(request: skel.Request):
     with store.locked():
         mine = _reported_leases(store, request)
         if mine is None:
-            leases = store.leases()
-            mine = [lease for lease in leases if lease.held_by(request.container_id, request.ifname)]
-            if not mine:
-                mine = [lease for lease in leases
-                        if lease.ifname is None and lease.container_id == request.container_id]
+            leases = store.leases_of(request.container_id)
+            mine = [lease for lease in leases if lease.held_by(request.container_id, request.ifname)] \
+                or [lease for lease in leases if lease.ifname is None]
         for lease in mine:
             store.release(lease.address)
 
@@ -70,7 +68,7 @@ def check(request: skel.Request):
     """The attachment holds a lease in every range set, and those are the addresses prevResult
     reports (when there is one)."""
     conf = config.load(request.config, request.args)
-    held = {lease.address for lease in Store(conf.location).leases()
+    held = {lease.address for lease in Store(conf.location).leases_of(request.container_id)
             if lease.belongs_to(request.container_id, request.ifname)}
     for range_set in conf.range_sets:
         if not any(range_set.range_for(address) for address in held):
@@ -110,6 +108,7 @@ def gc(request: skel.Request):
     if not store.exists():
         return
     with store.locked():
+        store.rescan()   # the lease files themselves, whatever the index says: GC is also its repair
         for lease in store.leases():
             if not any(lease.belongs_to(container_id, ifname) for container_id, ifname in valid):
                 store.release(lease.address)

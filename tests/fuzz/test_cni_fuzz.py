@@ -12,6 +12,7 @@ import os
 import random
 
 
+from plugins.host_local import lease_index
 from tests import kernel
 from tests.conftest import PluginHost
 from tests.netns.bridge_helpers import host_links
@@ -172,7 +173,8 @@ def test_malformed_input_is_answered_cleanly_and_leaves_nothing(cni_bin, host_ns
                 failures.append(f"{label}: ADD succeeded, DEL failed: {done.stdout[:300]!r}")
             shared |= _network_links(host_ns, links_before)
         kernel.del_netns(pod)
-        leftovers = [f for f in _files_under(data_dir) if not f.endswith("/lock") and "/last_reserved_ip." not in f]
+        leftovers = [f for f in _files_under(data_dir) if not f.endswith(("/lock", "/" + lease_index.NAME))
+                     and "/last_reserved_ip." not in f]
         if sorted(set(host_links(host_ns)) - shared) != links_before or leftovers:
             failures.append(f"{label}: left links {host_links(host_ns)} / leases {leftovers}")
             break

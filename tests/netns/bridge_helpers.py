@@ -2,6 +2,7 @@
 
 import os
 
+from plugins.host_local import lease_index
 from tests import kernel
 
 VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -34,7 +35,7 @@ def leases(data_dir, network):
     path = os.path.join(data_dir, network)
     if not os.path.isdir(path):
         return []
-    return sorted(f for f in os.listdir(path) if f != "lock" and not f.startswith("last_reserved_ip"))
+    return sorted(f for f in os.listdir(path) if f not in ("lock", lease_index.NAME) and not f.startswith("last_reserved_ip"))
 
 
 def host_links(ns):

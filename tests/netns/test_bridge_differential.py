@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from plugins.host_local import lease_index
 from podplumb.runtime import Network
 from tests import kernel
 from tests.conftest import REFERENCE_BIN, reference_available
@@ -43,7 +44,7 @@ def _lease_files(data_dir):
     out = {}
     for root, _, files in os.walk(data_dir):
         for name in files:
-            if name == "lock":
+            if name in ("lock", lease_index.NAME):   # the index: ours only, a cache of the leases
                 continue
             with open(os.path.join(root, name), "rb") as f:
                 out[os.path.relpath(os.path.join(root, name), data_dir)] = f.read()

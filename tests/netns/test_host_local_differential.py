@@ -4,12 +4,14 @@ carries on where the other left off on the same lease directory."""
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import tempfile
 
 import pytest
 
+from plugins.host_local import lease_index
 from podplumb.install import install
 from podplumb.runtime import exec_plugin
 
@@ -59,9 +61,12 @@ class Side:
         return run.json, run.code
 
     def files(self, network="net") -> dict[str, bytes]:
+        """The lease directory's files but our lease index (a cache of them, ours only)."""
         directory = os.path.join(self.data_dir, network)
         out = {}
         for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            if name == lease_index.NAME:
+                continue
             with open(os.path.join(directory, name), "rb") as f:
                 out[name] = f.read()
         return out
@@ -213,7 +218,52 @@ def test_either_plugin_continues_the_other(our_bin, ns_path, temp_dir):
     for container_id in ("c2", "c4", "c5", "c6", "c7"):
         side = ours if container_id in ("c2", "c6") else reference
         assert side.call("DEL", config, container_id)[1] == 0
-    assert sorted(os.listdir(os.path.join(temp_dir, "net"))) == ["last_reserved_ip.0", "last_reserved_ip.1", "lock"]
+    assert sorted(os.listdir(os.path.join(temp_dir, "net"))) == ["last_reserved_ip.0", "last_reserved_ip.1", "lock",
+                                                                 lease_index.NAME]
+
+
+def test_interleaved_at_random_each_finds_every_lease(our_bin, ns_path, temp_dir):
+    """Both plugins in turn on one directory, chosen at random (seeded) for each call: no address is
+    handed out twice, each finds its own leases and the other's (CHECK, DEL, our repeated ADD), the
+    reference never takes our lease index for a lease, and the index is never current and wrong."""
+    rng = random.Random(1729)
+    sides = {"reference": Side(REFERENCE_BIN, temp_dir, ns_path), "ours": Side(our_bin, temp_dir, ns_path)}
+    config = conf({"ranges": [[{"subnet": "10.1.0.0/28"}], [{"subnet": "fd00::/124"}]]})   # 13 and 14 addresses
+    directory = os.path.join(temp_dir, "net")
+    live = {}                       # container ID -> its addresses
+    for step in range(80):
+        name = rng.choice(sorted(sides))
+        side = sides[name]
+        action = rng.choice(["ADD", "ADD", "DEL", "CHECK", "again"] if live else ["ADD"])
+        if len(live) >= 10 and action == "ADD":
+            action = "DEL"
+        container_id = f"c{step}" if action == "ADD" else rng.choice(sorted(live))
+        if action == "again" and name == "ours":          # the reference refuses a repeated ADD
+            out, code = side.call("ADD", config, container_id)
+            assert code == 0 and [ip["address"] for ip in out["ips"]] == live[container_id], (step, out)
+        elif action == "again" or action == "CHECK":
+            assert side.call("CHECK", config, container_id) == (None, 0), (step, name)
+        elif action == "ADD":
+            out, code = side.call("ADD", config, container_id)
+            assert code == 0, (step, name, out)
+            live[container_id] = [ip["address"] for ip in out["ips"]]
+        else:
+            assert side.call("DEL", config, container_id)[1] == 0, (step, name)
+            del live[container_id]
+        held = {address.split("/")[0]: container_id for container_id, addresses in live.items()
+                for address in addresses}
+        assert len(held) == 2 * len(live), (step, live)                 # no address twice
+        on_disk = {name: content for name, content in side.files().items()
+                   if name != "lock" and not name.startswith("last_reserved_ip.")}
+        assert on_disk == {address: f"{holder}\r\neth0".encode() for address, holder in held.items()}, step
+        try:
+            with open(os.path.join(directory, lease_index.NAME), "rb") as f:
+                index = lease_index.parse(f.read(), lease_index.state(directory))
+        except FileNotFoundError:
+            index = None
+        assert index in (None, {address: f"{holder} eth0" for address, holder in held.items()}), (step, name)
+        if name == "ours" and action != "CHECK":           # CHECK writes nothing, the index neither
+            assert index is not None, (step, action)
 
 
 def test_both_plugins_at_once_share_the_lock(our_bin, ns_path, temp_dir):

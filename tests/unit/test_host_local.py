@@ -10,7 +10,9 @@ import pytest
 from cni import skel
 from cni.errors import CHECK_FAILED
 from cni.version import SUPPORTED
+from plugins.host_local import lease_index
 from plugins.host_local.plugin import PLUGIN
+from plugins.host_local.store import Store
 from tests import kernel
 
 # ---- helpers shared by the other test_host_local* modules ----
@@ -49,12 +51,14 @@ def addresses(result) -> list[str]:
 
 
 def files(data_dir, name="testnet") -> dict[str, bytes]:
-    """Every file of the network's lease directory, by name."""
+    """Every file of the network's lease directory, by name, but the lease index (a cache of them)."""
     directory = os.path.join(data_dir, name)
     if not os.path.isdir(directory):
         return {}
     out = {}
     for entry in sorted(os.listdir(directory)):
+        if entry == lease_index.NAME:
+            continue
         with open(os.path.join(directory, entry), "rb") as f:
             out[entry] = f.read()
     return out
@@ -62,6 +66,25 @@ def files(data_dir, name="testnet") -> dict[str, bytes]:
 
 def leases(data_dir, name="testnet") -> dict[str, bytes]:
     return {k: v for k, v in files(data_dir, name).items() if k != "lock" and not k.startswith("last_reserved_ip")}
+
+
+def current_index(data_dir, name="testnet") -> dict | None:
+    """The leases the network's lease index records, None when it is missing, torn or not written
+    for the directory as it is now."""
+    directory = os.path.join(data_dir, name)
+    try:
+        with open(os.path.join(directory, lease_index.NAME), "rb") as f:
+            return lease_index.parse(f.read(), lease_index.state(directory))
+    except FileNotFoundError:
+        return None
+
+
+def scans(monkeypatch) -> list:
+    """The lease directories the store reads lease by lease from now on (rather than its index)."""
+    scanned = []
+    real = Store._scan
+    monkeypatch.setattr(Store, "_scan", lambda store: scanned.append(store.path) or real(store))
+    return scanned
 
 
 # ---- ADD in every version and shape ----
@@ -445,10 +468,18 @@ def _killed_mid_write(data_dir) -> str:
     return left[0]
 
 
+@pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "current-index"])
 @pytest.mark.parametrize("command", ["ADD", "DEL", "GC"])
-def test_temporary_file_of_a_killed_writer_goes_with_the_next_operation(command, data_dir, netns_path):
+def test_temporary_file_of_a_killed_writer_goes_with_the_next_operation(command, indexed, data_dir, netns_path):
+    """Also when the lease index was current before: the file's creation changed the directory, so the
+    next operation reads the directory (and removes it) instead of trusting the index."""
     conf = network(data_dir)
+    if indexed:
+        os.makedirs(os.path.join(data_dir, "testnet"))
+        delete(conf, "c9")
+        assert current_index(data_dir) == {}
     _killed_mid_write(data_dir)
+    assert current_index(data_dir) is None
     if command == "ADD":
         assert addresses(add(conf, netns_path, "c1")) == ["10.1.0.2/24"]   # never counted as a lease
     elif command == "DEL":
@@ -456,6 +487,7 @@ def test_temporary_file_of_a_killed_writer_goes_with_the_next_operation(command,
     else:
         assert call("GC", dict(conf, **{"cni.dev/valid-attachments": []})) == (None, 0)
     assert not [name for name in files(data_dir) if name.endswith(".podplumb-tmp")]
+    assert current_index(data_dir) == ({"10.1.0.2": "c1 eth0"} if command == "ADD" else {})
 
 
 def test_temporary_file_is_no_lease_for_status_or_check(data_dir, netns_path):
@@ -467,23 +499,23 @@ def test_temporary_file_is_no_lease_for_status_or_check(data_dir, netns_path):
     assert code == CHECK_FAILED and "holds no lease" in out["msg"]
 
 
-def test_delete_with_prev_result_releases_the_reported_leases_or_falls_back_to_a_listing(data_dir, netns_path):
-    """prevResult's addresses are read one by one; when one is not the attachment's (or missing),
-    the directory is read as without prevResult."""
+def test_delete_with_prev_result_releases_the_reported_leases_or_the_attachments(data_dir, netns_path, monkeypatch):
+    """prevResult's addresses are read one by one; when one is not the attachment's (or missing), the
+    attachment's leases are found as without prevResult. Neither lists the directory while the lease
+    index is current."""
     conf = network(data_dir, {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/64"}]]})
     first = add(conf, netns_path, "c1", "eth0")
     add(conf, netns_path, "c2", "eth0")
-    # a writer's leftover, removed by whoever lists the directory under the lock: it shows who did
-    leftover = os.path.join(data_dir, "testnet", "10.1.0.9.4242.podplumb-tmp")
-    open(leftover, "wb").close()
+    scanned = scans(monkeypatch)
     delete(dict(conf, prevResult=first), "c1", "eth0")
-    assert leases(data_dir) == {"10.1.0.3": b"c2\r\neth0", "fd00::3": b"c2\r\neth0",
-                                os.path.basename(leftover): b""}      # not listed
-    wrong = dict(first, ips=[dict(first["ips"][0], address="10.1.0.3/24")])     # c2's v4 address only
-    delete(dict(conf, prevResult=wrong), "c1", "eth0")             # not c1's: listed
     assert leases(data_dir) == {"10.1.0.3": b"c2\r\neth0", "fd00::3": b"c2\r\neth0"}
-    delete(dict(conf, prevResult=wrong), "c2", "eth0")               # one range set unreported: listed
+    wrong = dict(first, ips=[dict(first["ips"][0], address="10.1.0.3/24")])     # c2's v4 address only
+    delete(dict(conf, prevResult=wrong), "c1", "eth0")             # not c1's: c1 holds nothing more
+    assert leases(data_dir) == {"10.1.0.3": b"c2\r\neth0", "fd00::3": b"c2\r\neth0"}
+    delete(dict(conf, prevResult=wrong), "c2", "eth0")               # one range set unreported
     assert leases(data_dir) == {}
+    assert scanned == []
+    assert current_index(data_dir) == {}
 
 
 def test_a_lease_of_a_long_container_id_is_found_again_and_released(data_dir, netns_path):

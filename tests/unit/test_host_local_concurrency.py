@@ -1,11 +1,11 @@
 """Many host-local processes at once on one lease directory: the lock and O_EXCL-like reservations
-keep every address unique."""
+keep every address unique, and the lease index stays the leases' own."""
 
 import json
 import os
 import subprocess
 
-from tests.unit.test_host_local import files, leases, network
+from tests.unit.test_host_local import current_index, files, leases, network
 
 PROCESSES = 32
 
@@ -44,10 +44,13 @@ def test_concurrent_adds_get_distinct_addresses(cni_bin, data_dir, netns_path):
         for ip in result["ips"]:
             assert held[ip["address"].split("/")[0]] == f"{container_id}\r\neth0".encode()
     assert not [name for name in files(data_dir) if name.endswith(".podplumb-tmp")]
+    assert current_index(data_dir) == {address: holder.decode().replace("\r\n", " ")
+                                       for address, holder in held.items()}
 
     procs = [start(cni_bin, "DEL", conf, f"ctr{i}") for i in range(PROCESSES)]
     assert all(finish(p) == b"" for p in procs)
     assert leases(data_dir) == {}
+    assert current_index(data_dir) == {}
 
 
 def test_concurrent_adds_on_a_small_pool_never_oversubscribe(cni_bin, data_dir, netns_path):
@@ -64,4 +67,4 @@ def test_concurrent_adds_on_a_small_pool_never_oversubscribe(cni_bin, data_dir, 
             assert out["code"] == 101, out
             exhausted += 1
     assert (ok, exhausted) == (13, PROCESSES - 13)
-    assert len(leases(data_dir)) == 13
+    assert len(leases(data_dir)) == 13 == len(current_index(data_dir))
