@@ -5,8 +5,8 @@ A cache, never the truth. It records the state of the lease directory it was wri
 st_ctime_ns) of the directory: any change of an entry (a lease made or removed by the reference
 plugin, a file left by a writer killed mid-operation, an edit by hand) moves the directory's ctime,
 and an index recorded for another state is not used: the directory is read instead and the index
-written again. The ctime rather than the mtime, as nothing can set it back (`touch -d`, `cp -a`,
-`tar` restore an mtime). Writing the index does not change the directory (its content is rewritten
+written again. The ctime rather than the mtime: only the kernel sets it (`touch -d`, `cp -a` or
+`tar` set an mtime, and could give a changed directory the one recorded). Writing the index does not change the directory (its content is rewritten
 in place; the file is created before an operation's changes), so an index written after an
 operation's changes stays current until someone else changes the directory.
 
@@ -54,12 +54,14 @@ def render(table: Table, current: tuple[int, int]) -> bytes:
 
 
 def write(fd: int, data: bytes):
-    """Replace the file's content. Its first byte, part of the header, is spoilt first and written
-    last: a writer killed part-way leaves no index, whatever it had written of the rest."""
+    """Replace the file's content in place. Its first byte, part of the header, is spoilt first and
+    written last: a writer killed part-way (or a full disk) leaves no index, whatever it had written
+    of the rest. (Not fsync'd: after a power cut, the header's page may be on disk without the
+    others. store.py's checks cover an index that is current but wrong.)"""
     os.pwrite(fd, b"#", 0)
-    os.pwrite(fd, data[1:], 1)
-    os.ftruncate(fd, len(data))
-    os.pwrite(fd, data[:1], 0)
+    if os.pwrite(fd, data[1:], 1) == len(data) - 1:
+        os.ftruncate(fd, len(data))
+        os.pwrite(fd, data[:1], 0)
 
 
 def holder_words(container_id: str, ifname: str | None) -> str:

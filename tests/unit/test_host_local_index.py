@@ -57,30 +57,31 @@ def test_index_round_trip_and_what_it_refuses():
     assert lease_index.parse(lease_index.render({}, STATE), STATE) == {}
 
 
-def test_a_writer_killed_part_way_leaves_no_index(tmp_path):
+@pytest.mark.parametrize("failing", ["the rest", "the first byte", "the rest, disk full"])
+def test_a_writer_stopped_part_way_leaves_no_index(failing, tmp_path, monkeypatch):
     path = tmp_path / lease_index.NAME
     path.write_bytes(lease_index.render(TABLE, STATE))
     new = lease_index.render({"10.1.0.9": "c9 eth0"}, STATE)
-    calls = []
     real = os.pwrite
 
     def pwrite(fd, data, offset):
-        calls.append(offset)
-        if len(calls) == stop:
-            raise KeyboardInterrupt
+        if failing == "the rest, disk full" and offset == 1:
+            return real(fd, data[:len(data) // 2], offset)
+        if (failing, offset) in (("the rest", 1), ("the first byte", 0)) and data != b"#":
+            raise KeyboardInterrupt   # as a SIGKILL would stop it
         return real(fd, data, offset)
 
-    for stop in (2, 3):                  # before the rest is written, before the first byte is
-        fd = os.open(path, os.O_RDWR)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    fd = os.open(path, os.O_RDWR)
+    try:
         try:
-            os.pwrite = pwrite
-            with pytest.raises(KeyboardInterrupt):
-                lease_index.write(fd, new)
-        finally:
-            os.pwrite = real
-            os.close(fd)
-        calls.clear()
-        assert lease_index.parse(path.read_bytes(), STATE) is None
+            lease_index.write(fd, new)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        os.close(fd)
+    assert lease_index.parse(path.read_bytes(), STATE) is None
+    monkeypatch.setattr(os, "pwrite", real)
     fd = os.open(path, os.O_RDWR)
     lease_index.write(fd, new)
     os.close(fd)
@@ -211,6 +212,7 @@ def test_a_lease_file_made_by_hand_is_indexed_as_it_is(data_dir, netns_path):
     out, code = call("ADD", conf, netns_path, "c3", cni_args="IP=10.1.0.9")
     assert code == 102 and "held by container hand made (ifname eth0)" in out["msg"]
     delete(conf, "hand")                                        # no such attachment
+    assert "10.1.0.9" in leases(data_dir)
     assert call("GC", dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]})) \
         == (None, 0)
     assert leases(data_dir) == {"10.1.0.2": b"c1\r\neth0"}
