@@ -12,6 +12,7 @@ prefixes, registers), so `nft list` prints our rules as it prints its own: tests
 compares the two in the kernel. Pure encoding: sending is cni.nftables' job.
 """
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -81,8 +82,11 @@ def batch_edge(kind: int) -> tuple[int, int, bytes]:
     return kind, 0, struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
 
 
+@functools.lru_cache(maxsize=512)
 def encode(family: str, table: str, command: tuple) -> list[tuple[int, int, bytes]]:
-    """The messages of one script command (see `cni.nftables.Script`); Unsupported when nft must do it."""
+    """The messages of one script command (see `cni.nftables.Script`); Unsupported when nft must do it.
+    Remembered: a daemon's call process sends the same shared objects and fixed rules on every ADD.
+    (The list returned is shared: not to be changed.)"""
     if family not in FAMILIES:
         raise Unsupported(f"family {family}")
     verb, *args = command
