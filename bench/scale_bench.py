@@ -11,7 +11,7 @@ Everything happens in a throwaway namespace playing the host, as in the cni benc
 figure is taken `--settle` seconds (15) after the last other pod was attached: for a few seconds after
 a link comes up, the kernel's own work on it (IPv6 DAD, router solicitations, link watch) holds the
 RTNL lock that every netlink request takes, and a cycle then measures that start-up rather than the
-node's size (its link requests took 6 times as long right after 300 attachments as 15 s later).
+node's size (right after 300 attachments its link requests took three times as long as 15 s later).
 """
 
 import argparse
