@@ -14,6 +14,7 @@ compares the two in the kernel. Pure encoding: sending is cni.nftables' job.
 
 import functools
 import ipaddress
+import itertools
 import socket
 import struct
 
@@ -52,6 +53,7 @@ _MAP_KEYS = {
                                   bytes.fromhex("000400000000010400000000030800040d0000000100060400000000")),
 }
 _SET_MAP, _DATA_VERDICT, _VERDICT_LEN = 0x8, 0xFFFFFF00, 16
+_SET_IDS = itertools.count(1)     # the kernel wants an ID for each new set of a transaction, its own
 
 
 class Unsupported(ValueError):
@@ -135,7 +137,7 @@ def _map(name: str, key_type: str) -> list[bytes]:
         raise Unsupported(f"map key type {key_type}")
     type_id, length, userdata = _MAP_KEYS[key_type]
     return [rtnl.string(2, name), be32(3, _SET_MAP), be32(4, type_id), be32(5, length), be32(6, _DATA_VERDICT),
-            be32(7, _VERDICT_LEN), be32(10, 1), rtnl.attr(13, userdata)]
+            be32(7, _VERDICT_LEN), be32(10, next(_SET_IDS)), rtnl.attr(13, userdata)]
 
 
 def comment_userdata(text: str) -> bytes:
