@@ -43,6 +43,8 @@ def parse_args(argv):
     parser.add_argument("--parallel", type=int, default=8, help="other pods attached/detached at a time")
     parser.add_argument("--settle", type=float, default=15, help="seconds between the last pod attached and "
                         "the measure (the kernel's start-up work on new links: IPv6 DAD, router solicitations)")
+    parser.add_argument("--flavors", default="standalone,daemon,reference",
+                        help="the flavors whose cycle is measured (the node holds both crowds anyway)")
     parser.add_argument("--quick", action="store_true", help="shrink everything (CI smoke run)")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args(argv)
@@ -102,8 +104,8 @@ class Inside:
         self.pods = [netns.path(p) for p in spec["pods"]]
         self.crowds = [netns.path(c) for c in spec["crowds"]]
         self.workdir = spec["workdir"]
-        self.figures = {}           # (flavor, pods) -> seconds
-        self.calls = {}             # pods -> {"plugin COMMAND": median seconds in the daemon}
+        self.samples = {}           # (flavor, pods) -> cycle times, seconds
+        self.calls = {}             # pods -> [(plugin, command, seconds in the daemon)]
         self.daemon_log = os.path.join(self.workdir, "daemon.log")
 
     def run(self) -> int:
@@ -114,48 +116,59 @@ class Inside:
         flavors = [Flavor("standalone", standalone, 0), Flavor("daemon", daemon_bin, 1),
                    Flavor("reference", REFERENCE_BIN, 2)]
         ours = Network(flavors[1], self.workdir, "scale-ours", 0)       # the daemon attaches the crowd
-        nets = {"standalone": Network(flavors[0], self.workdir, "scale-ours", 0), "daemon": ours,
-                "reference": Network(flavors[2], self.workdir, "scale-ref", 1)}
-        crowd = {"ours": ours, "reference": nets["reference"]}
+        reference = Network(flavors[2], self.workdir, "scale-ref", 1)
+        every = {"standalone": Network(flavors[0], self.workdir, "scale-ours", 0), "daemon": ours,
+                 "reference": reference}
+        nets = {name: net for name, net in every.items() if name in self.args.flavors.split(",")}
+        crowd = (ours, reference)
+        attached = False
         try:
-            for name, net in nets.items():                    # warm up; the first call makes the bridge
+            for name, net in every.items():                   # warm up; the first call makes the bridge
                 net.cycle(self.pods[0])
             self._measure(nets, 0)
             log(f"attaching {self.args.pods} pods for ours and for the reference")
             started = time.perf_counter()
-            for i, net in enumerate(crowd.values()):
+            attached = True
+            for i, net in enumerate(crowd):
                 self._crowd(net, self.crowds[i::2], "ADD")
             log(f"attached in {time.perf_counter() - started:.0f} s; measuring {self.args.settle:.0f} s later")
             time.sleep(self.args.settle)
             self._measure(nets, self.args.pods)
-            self._report()
+            self._detach(crowd)
+            attached = False
+            time.sleep(self.args.settle)
+            self._measure(nets, 0)           # again, so that a drift of the machine shows in both figures
+            self._report(nets)
         except PluginFailed as e:
             print(f"scale bench: a plugin call failed: {e}", file=sys.stderr)
             return 1
         finally:
-            log("detaching the other pods")
-            for i, net in enumerate(crowd.values()):
-                self._crowd(net, self.crowds[i::2], "DEL")
+            if attached:
+                self._detach(crowd)
         return 0
+
+    def _detach(self, crowd):
+        log("detaching the other pods")
+        for i, net in enumerate(crowd):
+            self._crowd(net, self.crowds[i::2], "DEL")
 
     def _measure(self, nets: dict, pods: int):
         log(f"cycles with {pods} other pods ({self.args.runs} runs)")
-        samples = {name: [] for name in nets}
         log_start = os.path.getsize(self.daemon_log)
         for _ in range(self.args.runs):
             for i, (name, net) in enumerate(nets.items()):     # flavors alternate
-                samples[name].append(net.cycle(self.pods[i]))
-        for name, values in samples.items():
-            self.figures[(name, pods)] = statistics.median(values)
-        self.calls[pods] = self._daemon_calls(log_start)
-
-    def _daemon_calls(self, since: int) -> dict:
-        """Median time of each plugin call inside the daemon, from its log since offset `since`."""
+                self.samples.setdefault((name, pods), []).append(net.cycle(self.pods[i]))
         with open(self.daemon_log, errors="replace") as f:
-            f.seek(since)
-            found = _CALL_LOG.findall(f.read())
+            f.seek(log_start)
+            self.calls.setdefault(pods, []).extend(_CALL_LOG.findall(f.read()))
+
+    def _median(self, flavor: str, pods: int) -> float:
+        return statistics.median(self.samples[(flavor, pods)])
+
+    def _call_medians(self, pods: int) -> dict:
+        """{"plugin COMMAND": median seconds inside the daemon} of the measured cycles."""
         times = {}
-        for plugin, command, seconds in found:
+        for plugin, command, seconds in self.calls[pods]:
             times.setdefault(f"{plugin} {command}", []).append(float(seconds))
         return {call: statistics.median(values) for call, values in times.items()}
 
@@ -177,23 +190,25 @@ class Inside:
         with concurrent.futures.ThreadPoolExecutor(self.args.parallel) as pool:
             list(pool.map(one, slots))
 
-    def _report(self):
+    def _report(self, nets: dict):
         n = self.args.pods
-        print(f"\nScale: one pod's bridge(ipMasq)+portmap ADD+DEL, cniVersion {CNI_VERSION}, median of "
-              f"{self.args.runs} runs, ms")
+        print(f"\nScale: one pod's bridge(ipMasq)+portmap ADD+DEL, cniVersion {CNI_VERSION}, ms; medians of "
+              f"{self.args.runs} runs with {n} other pods, of 2 x {self.args.runs} with none (before and after)")
         header = f"{'flavor':<12}{'no other pod':>14}{f'{n} other pods':>16}{'growth':>9}{'vs reference':>14}"
         print(header)
         print("-" * len(header))
-        for flavor in ("standalone", "daemon", "reference"):
-            empty, full = self.figures[(flavor, 0)], self.figures[(flavor, n)]
-            versus = full / self.figures[("reference", n)]
-            print(f"{flavor:<12}{empty * 1000:>14.1f}{full * 1000:>16.1f}{full / empty:>9.2f}{versus:>14.2f}")
-        print(f"\nthe daemon's time in each call (its log), median ms: no other pod -> {n} other pods")
-        for call in sorted(self.calls[n]):
-            print(f"  {call:<22}{self.calls[0].get(call, 0) * 1000:>7.1f} ->{self.calls[n][call] * 1000:>7.1f}")
+        for flavor in nets:
+            empty, full = self._median(flavor, 0), self._median(flavor, n)
+            versus = f"{full / self._median('reference', n):>14.2f}" if "reference" in nets else ""
+            print(f"{flavor:<12}{empty * 1000:>14.1f}{full * 1000:>16.1f}{full / empty:>9.2f}{versus}")
+        if "daemon" in nets:
+            print(f"\nthe daemon's time in each call (its log), median ms: no other pod -> {n} other pods")
+            empty, full = self._call_medians(0), self._call_medians(n)
+            for call in sorted(full):
+                print(f"  {call:<22}{empty.get(call, 0) * 1000:>7.1f} ->{full[call] * 1000:>7.1f}")
         print(f"\ntarget: ours with {n} pods <= {SCALE_TARGET}x ours with none:")
-        for flavor in ("standalone", "daemon"):
-            growth = self.figures[(flavor, n)] / self.figures[(flavor, 0)]
+        for flavor in (f for f in nets if f != "reference"):
+            growth = self._median(flavor, n) / self._median(flavor, 0)
             print(f"  {flavor}: {growth:.2f}x {'met' if growth <= SCALE_TARGET else 'MISSED'}")
         sys.stdout.flush()
 

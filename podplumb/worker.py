@@ -476,7 +476,7 @@ class Call:
                         stdout.decode(errors="replace").strip())
 
     def _log(self, module: str, env: dict, code: int, started: float):
-        LOG.info("call %d: %s %s container=%s ifname=%s -> exit %d in %.3fs (process %d)", self.number,
+        LOG.info("call %d: %s %s container=%s ifname=%s -> exit %d in %.4fs (process %d)", self.number,
                  _name(module), env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", "-"),
                  env.get("CNI_IFNAME", "-"), code, time.monotonic() - started, os.getpid())
 
