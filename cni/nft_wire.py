@@ -228,6 +228,7 @@ class _Rule:
         self.at = 0
         self.out: list[bytes] = []
         self.nfproto: str | None = None
+        self.l4proto: str | None = None
 
     def next(self) -> str:
         if self.at >= len(self.words):
@@ -344,8 +345,10 @@ class _Rule:
     def port(self, protocol: str):
         self.expect("dport")
         port = self.number(0xFFFF)
-        self.out += [_meta(_META_L4PROTO), _cmp(_CMP_EQ, bytes([_L4[protocol]])),
-                     _payload(_BASE_TRANSPORT, 2, 2), _cmp(_CMP_EQ, struct.pack(">H", port))]
+        if self.l4proto != protocol:
+            self.out += [_meta(_META_L4PROTO), _cmp(_CMP_EQ, bytes([_L4[protocol]]))]
+            self.l4proto = protocol
+        self.out += [_payload(_BASE_TRANSPORT, 2, 2), _cmp(_CMP_EQ, struct.pack(">H", port))]
 
     def number(self, limit: int) -> int:
         word = self.next()

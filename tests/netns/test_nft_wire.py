@@ -31,6 +31,7 @@ RULES = [
     "meta nfproto ipv4 ip daddr 10.1.0.5 udp dport 53 ct status dnat masquerade",
     "meta nfproto ipv6 ip6 saddr fd00::/64 ip6 daddr fd00::5 tcp dport 80 ct status dnat masquerade",
     "ip daddr 127.0.0.0/8 drop",
+    "meta nfproto ipv4 tcp dport 80 tcp dport 81 drop",          # one dependency for both, as nft adds
 ]
 BRIDGE_RULES = ["ether saddr != 0a:58:0a:01:00:05 drop", "ether daddr 02:00:00:00:00:01 accept",
                 "iifname vmap @ports", "return", "jump by-nft"]
