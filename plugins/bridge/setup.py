@@ -45,8 +45,20 @@ def attach_port(host: Namespace, conf: BridgeConfig, bridge_index: int, host_nam
             host.vlan("add", port.index, conf.vlan, pvid_untagged=True)
         for vid in conf.vlan_trunk:
             host.vlan("add", port.index, vid)
+    _without_ipv6(host_name)
     host.set_link(port.index, state="up")
     return port.index
+
+
+def _without_ipv6(port_name: str):
+    """A bridge port has no use for IPv6 of its own (the bridge carries the gateway; frames of a port
+    go to the bridge before any IP stack sees them). Without it, bringing the port up makes no
+    link-local address, routes, DAD or router solicitations on the host: per-pod state that every
+    later link change of the node would walk, and work that takes the RTNL lock."""
+    try:
+        sysctl.ensure(f"net/ipv6/conf/{port_name}/disable_ipv6", "1")
+    except FileNotFoundError:
+        pass      # a kernel without IPv6
 
 
 def ensure_gateways(host: Namespace, conf: BridgeConfig, bridge_index: int, ips: list):

@@ -41,6 +41,21 @@ def test_lifecycle_every_version(plugin_host, netns, data_dir, version):
     assert not any(l.startswith("veth") for l in host_links(plugin_host.ns))
 
 
+def test_a_bridge_port_has_no_ipv6_of_its_own(plugin_host, netns, data_dir):
+    """The host side of a pod's veth is a bridge port: no link-local address or route of its own on the
+    host for each pod, while IPv6 between the pods and to the gateway still goes through the bridge."""
+    net = plugin_host.network(bridge_conflist(data_dir))
+    pods, results = add_pods(net, netns)
+    for result in results:
+        port = result["interfaces"][1]["name"]
+        assert kernel.sh("sysctl", "-n", f"net.ipv6.conf.{port}.disable_ipv6", ns=plugin_host.ns).stdout.strip() == "1"
+        assert kernel.sh("ip", "-6", "address", "show", "dev", port, ns=plugin_host.ns).stdout.strip() == ""
+        assert kernel.sh("ip", "-6", "route", "show", "table", "all", "dev", port, ns=plugin_host.ns).stdout.strip() == ""
+    assert kernel.ping(pods[0], pod_addresses(results[1])[6])
+    assert kernel.ping(pods[1], "fd77::1")
+    check_then_delete_twice(net, pods, "1.1.0")
+
+
 def test_pod_interface_as_the_reference_makes_it(plugin_host, netns, data_dir):
     net = plugin_host.network(bridge_conflist(data_dir, subnet4="10.77.0.0/24"))
     pod = netns("pod")
