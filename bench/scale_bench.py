@@ -7,11 +7,15 @@ Go plugins are alternated within every repetition; figures are medians. Ours and
 get their own N pods on their own bridge (so 2N pods in all). The other pods' interfaces live in a
 few shared namespaces (up to 100 interfaces each: `CNI_IFNAME` eth0..eth99): what the node holds for
 them (veths on the bridge, rules, leases) is what a pod each would make, for far fewer namespaces.
-Everything happens in a throwaway namespace playing the host, as in the cni bench. The second
-figure is taken `--settle` seconds (15) after the last other pod was attached: for a few seconds after
-a link comes up, the kernel's own work on it (IPv6 DAD, router solicitations, link watch) holds the
-RTNL lock that every netlink request takes, and a cycle then measures that start-up rather than the
-node's size (right after 300 attachments its link requests took three times as long as 15 s later).
+Everything happens in a throwaway namespace playing the host, as in the cni bench.
+
+Two waits keep one cycle from paying for work that is not its own. The second figure is taken
+`--settle` seconds (15) after the last other pod was attached: for a few seconds after a link comes
+up, the kernel's own work on it (IPv6 DAD, router solicitations, link watch) holds the RTNL lock that
+every netlink request takes (right after 300 attachments a link request took three times as long as
+15 s later). And each cycle starts `--gap` seconds (0.1) after the previous one, whose veth the
+kernel may still be tearing down (RCU waits under the RTNL lock, longer on a bigger node): without
+the gap, a flavor's cycle pays for the teardown of the flavor before it.
 """
 
 import argparse
@@ -43,6 +47,9 @@ def parse_args(argv):
     parser.add_argument("--parallel", type=int, default=8, help="other pods attached/detached at a time")
     parser.add_argument("--settle", type=float, default=15, help="seconds between the last pod attached and "
                         "the measure (the kernel's start-up work on new links: IPv6 DAD, router solicitations)")
+    parser.add_argument("--gap", type=float, default=0.1,
+                        help="seconds of quiet before each cycle: the kernel's teardown of the previous "
+                        "cycle's veth (RCU waits under the RTNL lock) is not charged to the next flavor")
     parser.add_argument("--flavors", default="standalone,daemon,reference",
                         help="the flavors whose cycle is measured (the node holds both crowds anyway)")
     parser.add_argument("--quick", action="store_true", help="shrink everything (CI smoke run)")
@@ -157,6 +164,7 @@ class Inside:
         log_start = os.path.getsize(self.daemon_log)
         for _ in range(self.args.runs):
             for i, (name, net) in enumerate(nets.items()):     # flavors alternate
+                time.sleep(self.args.gap)
                 self.samples.setdefault((name, pods), []).append(net.cycle(self.pods[i]))
         with open(self.daemon_log, errors="replace") as f:
             f.seek(log_start)
