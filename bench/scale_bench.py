@@ -111,8 +111,8 @@ class Inside:
         self.pods = [netns.path(p) for p in spec["pods"]]
         self.crowds = [netns.path(c) for c in spec["crowds"]]
         self.workdir = spec["workdir"]
-        self.samples = {}           # (flavor, pods) -> cycle times, seconds
-        self.calls = {}             # pods -> [(plugin, command, seconds in the daemon)]
+        self.samples = {}           # (flavor, phase) -> cycle times, seconds
+        self.calls = {}             # phase -> [(plugin, command, seconds in the daemon)]
         self.daemon_log = os.path.join(self.workdir, "daemon.log")
 
     def run(self) -> int:
@@ -132,7 +132,7 @@ class Inside:
         try:
             for name, net in every.items():                   # warm up; the first call makes the bridge
                 net.cycle(self.pods[0])
-            self._measure(nets, 0)
+            self._measure(nets, 0, "before")
             log(f"attaching {self.args.pods} pods for ours and for the reference")
             started = time.perf_counter()
             attached = True
@@ -140,11 +140,11 @@ class Inside:
                 self._crowd(net, self.crowds[i::2], "ADD")
             log(f"attached in {time.perf_counter() - started:.0f} s; measuring {self.args.settle:.0f} s later")
             time.sleep(self.args.settle)
-            self._measure(nets, self.args.pods)
+            self._measure(nets, self.args.pods, "crowd")
             self._detach(crowd)
             attached = False
             time.sleep(self.args.settle)
-            self._measure(nets, 0)           # again, so that a drift of the machine shows in both figures
+            self._measure(nets, 0, "after")     # again, so that a drift of the machine shows
             self._report(nets)
         except PluginFailed as e:
             print(f"scale bench: a plugin call failed: {e}", file=sys.stderr)
@@ -159,24 +159,24 @@ class Inside:
         for i, net in enumerate(crowd):
             self._crowd(net, self.crowds[i::2], "DEL")
 
-    def _measure(self, nets: dict, pods: int):
+    def _measure(self, nets: dict, pods: int, phase: str):
         log(f"cycles with {pods} other pods ({self.args.runs} runs)")
         log_start = os.path.getsize(self.daemon_log)
         for _ in range(self.args.runs):
             for i, (name, net) in enumerate(nets.items()):     # flavors alternate
                 time.sleep(self.args.gap)
-                self.samples.setdefault((name, pods), []).append(net.cycle(self.pods[i]))
+                self.samples.setdefault((name, phase), []).append(net.cycle(self.pods[i]))
         with open(self.daemon_log, errors="replace") as f:
             f.seek(log_start)
-            self.calls.setdefault(pods, []).extend(_CALL_LOG.findall(f.read()))
+            self.calls[phase] = _CALL_LOG.findall(f.read())
 
-    def _median(self, flavor: str, pods: int) -> float:
-        return statistics.median(self.samples[(flavor, pods)])
+    def _median(self, flavor: str, *phases: str) -> float:
+        return statistics.median(t for phase in phases for t in self.samples[(flavor, phase)])
 
-    def _call_medians(self, pods: int) -> dict:
-        """{"plugin COMMAND": median seconds inside the daemon} of the measured cycles."""
+    def _call_medians(self, *phases: str) -> dict:
+        """{"plugin COMMAND": median seconds inside the daemon} of the cycles measured in `phases`."""
         times = {}
-        for plugin, command, seconds in self.calls[pods]:
+        for plugin, command, seconds in (call for phase in phases for call in self.calls[phase]):
             times.setdefault(f"{plugin} {command}", []).append(float(seconds))
         return {call: statistics.median(values) for call, values in times.items()}
 
@@ -200,23 +200,26 @@ class Inside:
 
     def _report(self, nets: dict):
         n = self.args.pods
-        print(f"\nScale: one pod's bridge(ipMasq)+portmap ADD+DEL, cniVersion {CNI_VERSION}, ms; medians of "
-              f"{self.args.runs} runs with {n} other pods, of 2 x {self.args.runs} with none (before and after)")
-        header = f"{'flavor':<12}{'no other pod':>14}{f'{n} other pods':>16}{'growth':>9}{'vs reference':>14}"
+        print(f"\nScale: one pod's bridge(ipMasq)+portmap ADD+DEL, cniVersion {CNI_VERSION}, ms, medians of "
+              f"{self.args.runs} runs: with no other pod before the {n} were attached and after they left "
+              "(growth: against the median of both)")
+        header = (f"{'flavor':<12}{'none before':>12}{f'{n} other pods':>16}{'none after':>12}{'growth':>9}"
+                  f"{'vs reference':>14}")
         print(header)
         print("-" * len(header))
         for flavor in nets:
-            empty, full = self._median(flavor, 0), self._median(flavor, n)
-            versus = f"{full / self._median('reference', n):>14.2f}" if "reference" in nets else ""
-            print(f"{flavor:<12}{empty * 1000:>14.1f}{full * 1000:>16.1f}{full / empty:>9.2f}{versus}")
+            before, full, after = (self._median(flavor, phase) for phase in ("before", "crowd", "after"))
+            growth = full / self._median(flavor, "before", "after")
+            versus = f"{full / self._median('reference', 'crowd'):>14.2f}" if "reference" in nets else ""
+            print(f"{flavor:<12}{before * 1000:>12.1f}{full * 1000:>16.1f}{after * 1000:>12.1f}{growth:>9.2f}{versus}")
         if "daemon" in nets:
             print(f"\nthe daemon's time in each call (its log), median ms: no other pod -> {n} other pods")
-            empty, full = self._call_medians(0), self._call_medians(n)
+            empty, full = self._call_medians("before", "after"), self._call_medians("crowd")
             for call in sorted(full):
                 print(f"  {call:<22}{empty.get(call, 0) * 1000:>7.1f} ->{full[call] * 1000:>7.1f}")
         print(f"\ntarget: ours with {n} pods <= {SCALE_TARGET}x ours with none:")
         for flavor in (f for f in nets if f != "reference"):
-            growth = self._median(flavor, n) / self._median(flavor, 0)
+            growth = self._median(flavor, "crowd") / self._median(flavor, "before", "after")
             print(f"  {flavor}: {growth:.2f}x {'met' if growth <= SCALE_TARGET else 'MISSED'}")
         sys.stdout.flush()
 
