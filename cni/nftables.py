@@ -14,9 +14,8 @@ share for `ipMasq`.
 A transaction goes to the kernel as nf_tables netlink messages podplumb encodes itself (cni.nft_wire)
 when it holds only what that module knows: the tables, maps, chains, elements and rule texts the
 plugins build. nft would first fetch the names of every chain of the namespace, a cost that grows
-with the node. Anything else (a user's portmap conditions, the firewall plugin's sets, the bridge
-family) goes through libnftables in this process (ctypes), or an exec'd `nft` when the library cannot
-be loaded; PODPLUMB_NFT=library or =exec chooses one of those for everything. Reads nft cannot do
+with the node. Anything else (a user's portmap conditions, the firewall plugin's sets) goes through
+libnftables in this process (ctypes), or an exec'd `nft` when the library cannot be loaded; PODPLUMB_NFT=library or =exec chooses one of those for everything. Reads nft cannot do
 without that fetch (one chain's rules and handles, a chain's use count) are nf_tables netlink
 requests too. The netlink socket and the libnftables context are held open for the process, one
 per network namespace (see `_held`): closing them after a transaction would wait for an RCU grace
