@@ -4,10 +4,12 @@
 portmap with one host port), first on an empty node, then with N other pods attached, each with its
 masquerade rule and a host port. Ours (standalone, and through `podplumb daemon`) and the reference
 Go plugins are alternated within every repetition; figures are medians. Ours and the reference each
-get their own N pods on their own bridge (so 2N pods in all). The other pods' interfaces live in a
-few shared namespaces (up to 100 interfaces each: `CNI_IFNAME` eth0..eth99): what the node holds for
-them (veths on the bridge, rules, leases) is what a pod each would make, for far fewer namespaces.
-Everything happens in a throwaway namespace playing the host, as in the cni bench.
+get their own N pods, each on a node of its own (a namespace playing the host), as a node runs one
+set of plugins: ours would otherwise walk the reference's per-pod state in the kernel (its host-side
+veths' IPv6 routes, its iptables-nft chains), and the reference ours. The other pods' interfaces
+live in a few shared namespaces (up to 100 interfaces each: `CNI_IFNAME` eth0..eth99): what a node
+holds for them (veths on the bridge, rules, leases) is what a pod each would make, for far fewer
+namespaces. Everything happens in throwaway namespaces, as in the cni bench.
 
 Two waits keep one cycle from paying for work that is not its own. The second figure is taken
 `--settle` seconds (15) after the last other pod was attached: for a few seconds after a link comes
@@ -30,6 +32,7 @@ import time
 import uuid
 
 from bench.cni_bench import CNI_VERSION, PREFIX, REFERENCE_BIN, Flavor, PluginFailed, run_in_fake_host
+from cni.netlink import enter
 from podplumb import netns, runtime
 from podplumb.install import install
 
@@ -51,7 +54,7 @@ def parse_args(argv):
                         help="seconds of quiet before each cycle: the kernel's teardown of the previous "
                         "cycle's veth (RCU waits under the RTNL lock) is not charged to the next flavor")
     parser.add_argument("--flavors", default="standalone,daemon,reference",
-                        help="the flavors whose cycle is measured (the node holds both crowds anyway)")
+                        help="the flavors whose cycle is measured (both crowds are attached anyway)")
     parser.add_argument("--quick", action="store_true", help="shrink everything (CI smoke run)")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args(argv)
@@ -74,13 +77,15 @@ def run_outside(args, argv) -> int:
     run_id = uuid.uuid4().hex[:6]
     crowds = [f"{PREFIX}-{run_id}-c{i}" for i in range(2 * -(-args.pods // PER_CROWD))]
     pods = [f"{PREFIX}-{run_id}-p{i}" for i in range(3)]
-    return run_in_fake_host("bench.scale_bench", argv, run_id, {"pods": pods, "crowds": crowds})
+    reference_node = [f"{PREFIX}-{run_id}-refhost"]
+    return run_in_fake_host("bench.scale_bench", argv, run_id,
+                            {"pods": pods, "crowds": crowds, "reference_node": reference_node})
 
 
 class Network(runtime.Network):
     """bridge (ipMasq) + portmap, its calls spawned by `flavor`; `index` picks bridge, subnet and ports."""
 
-    def __init__(self, flavor: Flavor, workdir: str, name: str, index: int):
+    def __init__(self, flavor: Flavor, workdir: str, name: str, index: int, host_fd: int | None = None):
         bridge = {"type": "bridge", "bridge": f"ppsc{index}", "isGateway": True, "ipMasq": True,
                   "ipam": {"type": "host-local", "dataDir": os.path.join(workdir, "ipam"),
                            "ranges": [[{"subnet": f"10.{120 + index}.0.0/16"}]]}}
@@ -89,10 +94,22 @@ class Network(runtime.Network):
                          flavor.bin_dir)
         self.flavor = flavor
         self.port_base = 20000 + 5000 * index
+        self.host_fd = host_fd          # the node its calls run on, when not the bench's own
 
     def _call(self, plugin, command, config, container_id="", netns="", ifname="", cni_args=""):
-        return self.flavor.call(plugin["type"], command, config, containerid=container_id, netns=netns,
-                                ifname=ifname, args=cni_args)
+        if self.host_fd is None:
+            return self.flavor.call(plugin["type"], command, config, containerid=container_id, netns=netns,
+                                    ifname=ifname, args=cni_args)
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            enter(self.host_fd, "the reference's node")     # this thread only: the spawned call runs there
+            try:
+                return self.flavor.call(plugin["type"], command, config, containerid=container_id, netns=netns,
+                                        ifname=ifname, args=cni_args)
+            finally:
+                enter(own, "the bench's node")
+        finally:
+            os.close(own)
 
     def mapping(self, port: int) -> dict:
         return {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
@@ -110,6 +127,7 @@ class Inside:
         self.args = args
         self.pods = [netns.path(p) for p in spec["pods"]]
         self.crowds = [netns.path(c) for c in spec["crowds"]]
+        self.reference_node = spec["reference_node"][0]
         self.workdir = spec["workdir"]
         self.samples = {}           # (flavor, phase) -> cycle times, seconds
         self.calls = {}             # phase -> [(plugin, command, seconds in the daemon)]
@@ -123,7 +141,9 @@ class Inside:
         flavors = [Flavor("standalone", standalone, 0), Flavor("daemon", daemon_bin, 1),
                    Flavor("reference", REFERENCE_BIN, 2)]
         ours = Network(flavors[1], self.workdir, "scale-ours", 0)       # the daemon attaches the crowd
-        reference = Network(flavors[2], self.workdir, "scale-ref", 1)
+        netns.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.reference_node)
+        reference = Network(flavors[2], self.workdir, "scale-ref", 1,
+                            os.open(netns.path(self.reference_node), os.O_RDONLY | os.O_CLOEXEC))
         every = {"standalone": Network(flavors[0], self.workdir, "scale-ours", 0), "daemon": ours,
                  "reference": reference}
         nets = {name: net for name, net in every.items() if name in self.args.flavors.split(",")}
