@@ -485,8 +485,9 @@ def _transaction(script: Script, messages: list):
 
 
 def _refused_command(script: Script, index: int) -> str:
-    """The script line a message (by its index among the script's messages) came from."""
-    for command in script.commands:
+    """The script line a message (by its index among the script's messages) came from; the batch's
+    own edges (a failed commit is answered on the batch's first message) stand for the whole."""
+    for command in script.commands if index >= 0 else ():
         count = len(nft_wire.encode(script.family, script.table, command))
         if index < count:
             return script.line(*command)
