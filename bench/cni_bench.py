@@ -236,8 +236,7 @@ class Inside:
         while pending:
             pid = pending.pop()
             pids.append(pid)
-            with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{pid}/children") as f:
-                pending += map(int, f.read().split())
+            pending += _children(pid)
         return sum(_pss_kib(p) for p in pids) / MIB
 
     def _check_daemon_namespace(self):
@@ -293,10 +292,8 @@ class Inside:
         time.sleep(0.2)          # let the last call end
         used = {f.name: f.cpu_seconds for f in self.flavors}
         pid = self.daemon_pid
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            host = int(f.read().split()[0])
-        with open(f"/proc/{host}/task/{host}/children") as f:
-            calls = [int(p) for p in f.read().split()]
+        host = _children(pid)[0]
+        calls = _children(host)
         ticks = _cpu_ticks(pid, reaped=False) + _cpu_ticks(host, reaped=True) + sum(_cpu_ticks(p, False) for p in calls)
         used["daemon"] += ticks / os.sysconf("SC_CLK_TCK")
         return used
@@ -373,6 +370,15 @@ class Inside:
         print("cProfile, top 25 by cumulative time (imports included):")
         stats = pstats.Stats(stats_file)
         stats.sort_stats("cumulative").print_stats(25)
+
+
+def _children(pid: int) -> list[int]:
+    """The process's children; none once it has ended."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def _cpu_ticks(pid: int, reaped: bool) -> int:

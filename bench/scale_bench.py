@@ -22,6 +22,7 @@ the gap, a flavor's cycle pays for the teardown of the flavor before it.
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -97,19 +98,9 @@ class Network(runtime.Network):
         self.host_fd = host_fd          # the node its calls run on, when not the bench's own
 
     def _call(self, plugin, command, config, container_id="", netns="", ifname="", cni_args=""):
-        if self.host_fd is None:
+        with _on_node(self.host_fd):
             return self.flavor.call(plugin["type"], command, config, containerid=container_id, netns=netns,
                                     ifname=ifname, args=cni_args)
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            enter(self.host_fd, "the reference's node")     # this thread only: the spawned call runs there
-            try:
-                return self.flavor.call(plugin["type"], command, config, containerid=container_id, netns=netns,
-                                        ifname=ifname, args=cni_args)
-            finally:
-                enter(own, "the bench's node")
-        finally:
-            os.close(own)
 
     def mapping(self, port: int) -> dict:
         return {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
@@ -120,6 +111,24 @@ class Network(runtime.Network):
         self.add(container, pod, capability_args=self.mapping(self.port_base - 1))
         self.delete(container, pod)
         return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _on_node(host_fd: int | None):
+    """This thread (only it: what it spawns runs there) in the network namespace open at `host_fd`,
+    when one is given."""
+    if host_fd is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        enter(host_fd, "the reference's node")
+        try:
+            yield
+        finally:
+            enter(own, "the bench's node")
+    finally:
+        os.close(own)
 
 
 class Inside:

@@ -23,10 +23,11 @@ from cni import rtnl
 NFNL_SUBSYS_NFTABLES = 10
 BATCH_BEGIN, BATCH_END = 0x10, 0x11
 NLM_F_APPEND = 0x800
-(NEWTABLE, _, DELTABLE, NEWCHAIN, _, DELCHAIN, NEWRULE, _, DELRULE, NEWSET, _, _, NEWSETELEM, GETSETELEM,
- DELSETELEM) = ((NFNL_SUBSYS_NFTABLES << 8) | i for i in range(15))
-FAMILIES = {"inet": 1, "bridge": 7}      # the families encoded here (NFPROTO_*)
-_NFGENMSG = struct.Struct("=BBH")
+(NEWTABLE, GETTABLE, DELTABLE, NEWCHAIN, GETCHAIN, DELCHAIN, NEWRULE, GETRULE, DELRULE, NEWSET, _, _, NEWSETELEM,
+ GETSETELEM, DELSETELEM) = ((NFNL_SUBSYS_NFTABLES << 8) | i for i in range(15))
+FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7, "arp": 3, "netdev": 5}    # NFPROTO_*
+ENCODED_FAMILIES = ("inet", "bridge")          # those whose commands `encode` knows
+NFGENMSG = struct.Struct("=BBH")               # family, version, resource id: before a message's attributes
 
 _HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 _VERDICTS = {"drop": 0, "accept": 1, "jump": -3, "goto": -4, "return": -5}
@@ -41,6 +42,7 @@ _CT_STATUS, _IPS_DST_NAT = 2, 0x20
 _FIB_RESULT_ADDRTYPE, _FIB_F_DADDR, _RTN_LOCAL = 3, 2, 2
 _NAT_DNAT, _NAT_PROTO_SPECIFIED = 1, 2
 _IFNAMSIZ = 16
+_UDATA_COMMENT = 0       # a rule's user data: type-length-value entries; this type holds the comment
 
 # Verdict maps by key type: nft's type id, key length, and the set user data nft 1.0.6 writes
 # (key byte order and friends), so that `nft list` prints the map as one it made.
@@ -75,9 +77,9 @@ def _verdict(kind: int, verdict: str, chain: str | None = None) -> bytes:
 
 # ---- messages -----------------------------------------------------------------------------------
 
-def _message(kind: int, flags: int, family: str, table: str, *attrs: bytes) -> tuple[int, int, bytes]:
-    """(netlink type, flags, body) of one nf_tables message."""
-    return kind, flags, _NFGENMSG.pack(FAMILIES[family], 0, 0) + rtnl.string(1, table) + b"".join(attrs)
+def message(kind: int, flags: int, family: str, table: str, *attrs: bytes) -> tuple[int, int, bytes]:
+    """(netlink type, flags, body) of one nf_tables message about `table`."""
+    return kind, flags, NFGENMSG.pack(FAMILIES[family], 0, 0) + rtnl.string(1, table) + b"".join(attrs)
 
 
 def batch_edge(kind: int) -> tuple[int, int, bytes]:
@@ -89,40 +91,40 @@ def encode(family: str, table: str, command: tuple) -> list[tuple[int, int, byte
     """The messages of one script command (see `cni.nftables.Script`); Unsupported when nft must do it.
     Remembered: a daemon's call process sends the same shared objects and fixed rules on every ADD.
     (The list returned is shared: not to be changed.)"""
-    if family not in FAMILIES:
+    if family not in ENCODED_FAMILIES:
         raise Unsupported(f"family {family}")
     verb, *args = command
     create = rtnl.NLM_F_CREATE
 
-    def message(kind, flags, *attrs):
-        return _message(kind, flags, family, table, *attrs)
+    def about_table(kind, flags, *attrs):
+        return message(kind, flags, family, table, *attrs)
     if verb == "add table":
-        return [message(NEWTABLE, create)]
+        return [about_table(NEWTABLE, create)]
     if verb == "delete table":
-        return [message(DELTABLE, 0)]
+        return [about_table(DELTABLE, 0)]
     if verb in ("add chain", "create chain"):
         name, base = args
         flags = create | (rtnl.NLM_F_EXCL if verb == "create chain" else 0)
-        return [message(NEWCHAIN, flags, rtnl.string(3, name), *(_hook(base) if base else ()))]
+        return [about_table(NEWCHAIN, flags, rtnl.string(3, name), *(_hook(base) if base else ()))]
     if verb == "delete chain":
-        return [message(DELCHAIN, 0, rtnl.string(3, args[0]))]
+        return [about_table(DELCHAIN, 0, rtnl.string(3, args[0]))]
     if verb == "flush chain":
-        return [message(DELRULE, 0, rtnl.string(2, args[0]))]
+        return [about_table(DELRULE, 0, rtnl.string(2, args[0]))]
     if verb == "add rule":
         chain, text, rule_comment = args
         attrs = [rtnl.string(2, chain), rtnl.nested(4, *rule_expressions(text, family))]
         if rule_comment:
             attrs.append(rtnl.attr(7, comment_userdata(rule_comment)))
-        return [message(NEWRULE, create | NLM_F_APPEND, *attrs)]
+        return [about_table(NEWRULE, create | NLM_F_APPEND, *attrs)]
     if verb == "delete rule":
         chain, handle = args
-        return [message(DELRULE, 0, rtnl.string(2, chain), rtnl.attr(3, struct.pack(">Q", handle)))]
+        return [about_table(DELRULE, 0, rtnl.string(2, chain), rtnl.attr(3, struct.pack(">Q", handle)))]
     if verb == "add map":
-        return [message(NEWSET, create, *_map(*args))]
+        return [about_table(NEWSET, create, *_map(*args))]
     if verb in ("add element", "delete element"):
         map_name, key, chain = args
         kind, flags = (NEWSETELEM, create) if verb == "add element" else (DELSETELEM, 0)
-        return [message(kind, flags, *element_list(map_name, key, chain))]
+        return [about_table(kind, flags, *element_list(map_name, key, chain))]
     raise Unsupported(verb)
 
 
@@ -145,7 +147,18 @@ def comment_userdata(text: str) -> bytes:
     raw = text.encode() + b"\0"
     if len(raw) > 255:
         raise Unsupported("comment too long")
-    return bytes([0, len(raw)]) + raw
+    return bytes([_UDATA_COMMENT, len(raw)]) + raw
+
+
+def userdata_comment(userdata: bytes) -> str:
+    """The comment in a rule's user data, as `comment_userdata` (and nft) write it."""
+    at = 0
+    while at + 2 <= len(userdata):
+        kind, size = userdata[at], userdata[at + 1]
+        if kind == _UDATA_COMMENT:
+            return userdata[at + 2:at + 2 + size].rstrip(b"\0").decode(errors="replace")
+        at += 2 + size
+    return ""
 
 
 def element_list(map_name: str, key: str, jump: str | None = None) -> tuple[bytes, bytes]:
@@ -167,7 +180,7 @@ def element_key(key: str) -> bytes:
         protocol, port = key.split(" . ")
         if protocol not in _L4:
             raise Unsupported(f"protocol {protocol}")
-        return struct.pack("=I", _L4[protocol]) + struct.pack(">H", int(port)) + b"\0\0"
+        return struct.pack("=I", _L4[protocol]) + struct.pack(">H", _port(port)) + b"\0\0"
     try:
         return ipaddress.ip_address(key).packed
     except ValueError:
@@ -185,12 +198,12 @@ def _expr(name: str, *attrs: bytes) -> bytes:
     return rtnl.nested(1, body)                                          # NFTA_LIST_ELEM
 
 
-def _meta(key: int, reg: int = _REG_1) -> bytes:
-    return _expr("meta", be32(2, key), be32(1, reg))
+def _meta(key: int) -> bytes:
+    return _expr("meta", be32(2, key), be32(1, _REG_1))
 
 
-def _cmp(op: int, value: bytes, reg: int = _REG_1) -> bytes:
-    return _expr("cmp", be32(1, reg), be32(2, op), _data(3, value))
+def _cmp(op: int, value: bytes) -> bytes:
+    return _expr("cmp", be32(1, _REG_1), be32(2, op), _data(3, value))
 
 
 def _payload(base: int, offset: int, length: int, reg: int = _REG_1) -> bytes:
@@ -238,6 +251,13 @@ class _Rule:
 
     def peek(self, n: int = 0) -> str | None:
         return self.words[self.at + n] if self.at + n < len(self.words) else None
+
+    def operator(self) -> int:
+        """`!=` when the next word is one (taken), else equality."""
+        if self.peek() == "!=":
+            self.next()
+            return _CMP_NEQ
+        return _CMP_EQ
 
     def expect(self, *words: str):
         for word in words:
@@ -289,7 +309,7 @@ class _Rule:
         word = self.next()
         if word == "nfproto" and self.peek() in _NFPROTO:
             self.depend_on(self.next())
-        elif word == "l4proto" and self.peek(0) == "." and self.peek(1) == "th" and self.peek(2) == "dport":
+        elif word == "l4proto":
             self.expect(".", "th", "dport", "vmap")
             self.out += [_meta(_META_L4PROTO), _payload(_BASE_TRANSPORT, 2, 2, _REG32_01), _lookup(self.map_name())]
         else:
@@ -311,15 +331,12 @@ class _Rule:
             self.next()
             self.out += [_payload(_BASE_NETWORK, offsets[field], size), _lookup(self.map_name())]
             return
-        op = _CMP_EQ
-        if self.peek() == "!=":
-            self.next()
-            op = _CMP_NEQ
+        op = self.operator()
         try:
             network = ipaddress.ip_network(self.next(), strict=True)
         except ValueError as e:
             raise Unsupported(str(e)) from None
-        if network.version != (4 if proto == "ip" else 6) or network.prefixlen == 0:
+        if len(network.network_address.packed) != size or network.prefixlen == 0:
             raise Unsupported(str(network))
         packed, bits = network.network_address.packed, network.prefixlen
         if bits % 8 == 0:       # nft loads only the prefix's bytes
@@ -330,10 +347,7 @@ class _Rule:
 
     def ether(self):
         offset = {"daddr": 0, "saddr": 6}.get(self.next())
-        op = _CMP_EQ
-        if self.peek() == "!=":
-            self.next()
-            op = _CMP_NEQ
+        op = self.operator()
         try:
             mac = bytes.fromhex(self.next().replace(":", ""))
         except ValueError:
@@ -344,17 +358,11 @@ class _Rule:
 
     def port(self, protocol: str):
         self.expect("dport")
-        port = self.number(0xFFFF)
+        port = _port(self.next())
         if self.l4proto != protocol:
             self.out += [_meta(_META_L4PROTO), _cmp(_CMP_EQ, bytes([_L4[protocol]]))]
             self.l4proto = protocol
         self.out += [_payload(_BASE_TRANSPORT, 2, 2), _cmp(_CMP_EQ, struct.pack(">H", port))]
-
-    def number(self, limit: int) -> int:
-        word = self.next()
-        if not word.isdigit() or int(word) > limit:
-            raise Unsupported(word)
-        return int(word)
 
     def dnat(self):
         proto = self.next()
@@ -363,17 +371,21 @@ class _Rule:
         self.expect("to")
         target = self.next()
         host, colon, port = target.rpartition(":")
-        if not colon or not port.isdigit() or int(port) > 0xFFFF:
-            raise Unsupported(target)
         try:
             address = ipaddress.ip_address(host.strip("[]") if proto == "ip6" else host)
         except ValueError:
             raise Unsupported(target) from None
-        if address.version != (4 if proto == "ip" else 6):
+        if not colon or len(address.packed) != _IP_HEADERS[proto][1]:
             raise Unsupported(target)
-        self.out += [_immediate(_REG_1, address.packed), _immediate(_REG_2, struct.pack(">H", int(port))),
+        self.out += [_immediate(_REG_1, address.packed), _immediate(_REG_2, struct.pack(">H", _port(port))),
                      _expr("nat", be32(1, _NAT_DNAT), be32(2, _NFPROTO[_IP_HEADERS[proto][0]]), be32(3, _REG_1),
                            be32(5, _REG_2), be32(7, _NAT_PROTO_SPECIFIED))]
+
+
+def _port(word: str) -> int:
+    if not word.isdigit() or int(word) > 0xFFFF:
+        raise Unsupported(f"port {word}")
+    return int(word)
 
 
 def rule_expressions(text: str, family: str = "inet") -> list[bytes]:

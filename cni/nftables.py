@@ -15,8 +15,9 @@ A transaction goes to the kernel as nf_tables netlink messages podplumb encodes 
 when it holds only what that module knows: the tables, maps, chains, elements and rule texts the
 plugins build. nft would first fetch the names of every chain of the namespace, a cost that grows
 with the node. Anything else (a user's portmap conditions, the firewall plugin's sets) goes through
-libnftables in this process (ctypes), or an exec'd `nft` when the library cannot be loaded; PODPLUMB_NFT=library or =exec chooses one of those for everything. Reads nft cannot do
-without that fetch (one chain's rules and handles, a chain's use count) are nf_tables netlink
+libnftables in this process (ctypes), or an exec'd `nft` when the library cannot be loaded;
+PODPLUMB_NFT=library or =exec chooses one of those for everything. Reads nft cannot do without that
+fetch (one chain's rules and handles, a chain's use count, a map element) are nf_tables netlink
 requests too. The netlink socket and the libnftables context are held open for the process, one
 per network namespace (see `_held`): closing them after a transaction would wait for an RCU grace
 period, longer than the transaction.
@@ -413,44 +414,44 @@ def run(text: str, json_output: bool = False, check_only: bool = False) -> tuple
 # nft fetches the names of all chains of the namespace before it lists one chain, and prints no use
 # count: these requests ask the kernel for one chain alone.
 
-_FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "bridge": 7, "arp": 3, "netdev": 5}    # NFPROTO_*
 _NETLINK_NETFILTER = 12
-_GETTABLE, _GETCHAIN, _GETRULE = (10 << 8) | 1, (10 << 8) | 4, (10 << 8) | 7   # NFNL_SUBSYS_NFTABLES, NFT_MSG_GET*
-_CHAIN_TABLE, _CHAIN_NAME, _CHAIN_USE = 1, 3, 6
-_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA = 1, 2, 3, 7
-_UDATA_COMMENT = 0
-_NFGENMSG = struct.Struct("=BBH")         # family, version, resource id
+_CHAIN_NAME, _CHAIN_USE = 3, 6
+_RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA = 2, 3, 7
 
 
 def _nf_socket() -> rtnl.Socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER)
-    sock.settimeout(EXEC_TIMEOUT)
-    return rtnl.Socket(sock)
+    """This process's nf_tables socket in the current network namespace, held open (see `_held`);
+    used under _HELD_LOCK."""
+    def make():
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER)
+        sock.settimeout(EXEC_TIMEOUT)
+        return rtnl.Socket(sock)
+    return _held("nfnetlink", make, rtnl.Socket.close)
 
 
 def _nf_request(kind: int, family: str, table: str, attrs: bytes = b"", dump: bool = False) -> list[dict] | None:
     """Send one nf_tables request (netlink framing: cni.rtnl); the attributes of each message of the
     answer, None when the kernel answers ENOENT."""
-    payload = _NFGENMSG.pack(_FAMILIES[family], 0, 0) + rtnl.string(1, table) + attrs
+    _, _, payload = nft_wire.message(kind, 0, family, table, attrs)
     with _HELD_LOCK:
-        sock = _held("nfnetlink", _nf_socket, rtnl.Socket.close)
+        sock = _nf_socket()
         try:
             bodies = sock.dump(kind, payload) if dump else [sock.get(kind, payload)]
         except rtnl.KernelError as e:
             if e.code == errno.ENOENT:
                 return None
             raise NftError(f"nf_tables request on table {family} {table} failed", os.strerror(e.code)) from None
-    return [rtnl.parse(body[_NFGENMSG.size:]) for body in bodies]
+    return [rtnl.parse(body[nft_wire.NFGENMSG.size:]) for body in bodies]
 
 
 def table_exists(family: str, table: str) -> bool:
-    return _nf_request(_GETTABLE, family, table) is not None
+    return _nf_request(nft_wire.GETTABLE, family, table) is not None
 
 
 def chain_use(family: str, table: str, chain: str) -> int | None:
     """How many references the kernel counts on a chain (its rules, and the jumps and map elements
     that lead to it), None when the chain does not exist."""
-    found = _nf_request(_GETCHAIN, family, table, rtnl.string(_CHAIN_NAME, chain))
+    found = _nf_request(nft_wire.GETCHAIN, family, table, rtnl.string(_CHAIN_NAME, chain))
     if found is None:
         return None
     if not found or _CHAIN_USE not in found[0]:
@@ -463,11 +464,11 @@ def chain_rules(family: str, table: str, chain: str) -> "list[Rule] | None":
     chain does not exist: a dump the kernel filters to that chain."""
     if chain_use(family, table, chain) is None:
         return None
-    found = _nf_request(_GETRULE, family, table, rtnl.string(_RULE_CHAIN, chain), dump=True)
+    found = _nf_request(nft_wire.GETRULE, family, table, rtnl.string(_RULE_CHAIN, chain), dump=True)
     rules = []
     for attrs in found or ():
         handle = struct.unpack(">Q", attrs[_RULE_HANDLE])[0]
-        rules.append(Rule(chain, handle, _comment(attrs.get(_RULE_USERDATA, b"")), ()))
+        rules.append(Rule(chain, handle, nft_wire.userdata_comment(attrs.get(_RULE_USERDATA, b"")), ()))
     return rules
 
 
@@ -476,7 +477,7 @@ def _transaction(script: Script, messages: list):
     refused, in nft's words for it ("File exists", "No such file or directory", ...)."""
     batch = [nft_wire.batch_edge(nft_wire.BATCH_BEGIN), *messages, nft_wire.batch_edge(nft_wire.BATCH_END)]
     with _HELD_LOCK:
-        refused = _held("nfnetlink", _nf_socket, rtnl.Socket.close).batch(batch)
+        refused = _nf_socket().batch(batch)
     if refused:
         index, code = refused
         where = _refused_command(script, index - 1)
@@ -493,17 +494,6 @@ def _refused_command(script: Script, index: int) -> str:
             return script.line(*command)
         index -= count
     return "the transaction as a whole"
-
-
-def _comment(userdata: bytes) -> str:
-    """The comment in a rule's user data (type-length-value, as nft writes it)."""
-    offset = 0
-    while offset + 2 <= len(userdata):
-        kind, size = userdata[offset], userdata[offset + 1]
-        if kind == _UDATA_COMMENT:
-            return userdata[offset + 2:offset + 2 + size].rstrip(b"\0").decode(errors="replace")
-        offset += 2 + size
-    return ""
 
 
 def _nft_binary() -> str:

@@ -151,9 +151,9 @@ class Socket:
         seqs = {}
         chunks = []
         for index, (msg_type, flags, body) in enumerate(messages):
-            seq = self._next_seq()
+            seq, chunk = self._framed(msg_type, flags, body)
             seqs[seq] = index
-            chunks.append(_HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0) + body)
+            chunks.append(chunk)
         self.sock.send(b"".join(chunks))
         refused = []
         timeout = self.sock.gettimeout()
@@ -173,13 +173,14 @@ class Socket:
             self.sock.settimeout(timeout)
         return min(refused) if refused else None
 
-    def _next_seq(self) -> int:
+    def _framed(self, msg_type: int, flags: int, body: bytes) -> tuple[int, bytes]:
+        """(sequence number, the request with its netlink header)."""
         self._seq = (self._seq + 1) & 0x7FFFFFFF
-        return self._seq
+        return self._seq, _HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self._seq, 0) + body
 
     def _exchange(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
-        seq = self._next_seq()
-        self.sock.send(_HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0) + body)
+        seq, request = self._framed(msg_type, flags, body)
+        self.sock.send(request)
         bodies = []
         while True:
             for kind, msg_seq, payload in _messages(self.sock.recv(_RECV_SIZE)):

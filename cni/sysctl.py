@@ -27,7 +27,7 @@ def enable_forwarding(versions):
 
 def read_in(netns: str, key: str) -> str:
     """`key`'s value in the network namespace at `netns` (net.* keys are per namespace)."""
-    from cni import netlink    # pyroute2: only for callers that reach into a pod
+    from cni import netlink    # its threads and ctypes: only for callers that reach into a pod
 
     def read():
         with open(_path(key)) as f:

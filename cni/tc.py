@@ -22,8 +22,6 @@ ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
 _ADDRESS_OFFSET = {(4, "src"): 12, (4, "dst"): 16, (6, "src"): 8, (6, "dst"): 24}
 
 
-
-
 def bucket(rate_bits: int, burst_bits: int) -> tuple[int, int]:
     """(rate, burst) in bytes as the kernel takes them. The kernel holds a bucket as the time its
     burst takes at the rate, in 32 bits of scheduler ticks: a burst beyond that (containerd asks for

@@ -75,7 +75,7 @@ def test_every_rule_reaches_the_kernel_as_nft_sends_it(ns, family, rules):
         table.apply(script)
         dumped = {{}}
         for chain in ("by-nft", "by-us"):
-            attrs = nftables._nf_request(nftables._GETRULE, {family!r}, "t", nftables.rtnl.string(2, chain), dump=True)
+            attrs = nftables._nf_request(nft_wire.GETRULE, {family!r}, "t", nftables.rtnl.string(2, chain), dump=True)
             dumped[chain] = [[a[4].hex(), a[7].hex()] for a in attrs]      # expressions, user data
         print(json.dumps(dumped))
     """)
