@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
-    iproute2 iputils-ping procps nftables kmod util-linux mount e2fsprogs xfsprogs
+    iproute2 iputils-ping procps nftables iptables kmod util-linux mount e2fsprogs xfsprogs
     containernetworking-plugins etcd-server etcd-client iperf3
     python3 python3-venv python3-dev
     glusterfs-server glusterfs-client
